@@ -1,0 +1,5 @@
+import sys
+
+from grulab.cli import main
+
+sys.exit(main())

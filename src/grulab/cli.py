@@ -1,0 +1,47 @@
+"""The ``grulab`` command. Thin: every subcommand is one library call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import grulab
+    from grulab.engine.dispatch import ENGINES
+
+    print(f"grulab {grulab.__version__}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"GRU engines available: {', '.join(sorted(ENGINES))}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from grulab.lab.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(T=args.T, steps=args.steps, seed=args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grulab", description="Gated Recurrent Units: library and lab.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions and available engines")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("demo", help="GRU against the tanh RNN on the adding problem")
+    p.add_argument("--T", type=int, default=100, help="sequence length")
+    p.add_argument("--steps", type=int, default=1200, help="training steps per model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Whole-sequence execution: the reference loop, fused kernels, and the dispatcher."""

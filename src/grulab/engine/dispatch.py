@@ -1,0 +1,112 @@
+"""Backend choice and the autograd.Function whose backward is the hand derivation.
+
+An *engine* runs one direction of one GRU layer over a whole sequence and provides::
+
+    forward(x, h0, W, U, b_W, b_U, reset, lengths, reverse, training) -> (y, h_n, saved)
+    backward(dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, y, h_n, saved)
+        -> (dx, dh0, dW, dU, db_W, db_U)
+
+with the shapes of :mod:`grulab.engine.reference`. ``saved`` is a tuple of tensors the engine
+chooses (what its backward needs, nothing more). Engines register themselves in ``ENGINES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from grulab.engine.reference import GRUTrace, gru_ref, gru_ref_backward
+
+BACKENDS = ("auto", "reference", "cpu")
+
+
+class Engine(Protocol):
+    def forward(self, *args: Any) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]: ...
+
+    def backward(self, *args: Any) -> tuple[Tensor | None, ...]: ...
+
+
+@dataclass(frozen=True)
+class ReferenceEngine:
+    """The per-step torch loop with the hand-derived backward."""
+
+    name: str = "reference"
+
+    def forward(self, x, h0, W, U, b_W, b_U, reset, lengths, reverse, training):  # noqa: ANN001
+        y, h_n, trace = gru_ref(x, h0, W, U, b_W, b_U, reset=reset, lengths=lengths, reverse=reverse)
+        return y, h_n, tuple(trace) if training else ()
+
+    def backward(self, dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, y, h_n, saved):  # noqa: ANN001
+        return gru_ref_backward(
+            dy, dh_n, x, h0, W, U, GRUTrace(*saved), reset=reset, lengths=lengths, reverse=reverse
+        )
+
+
+ENGINES: dict[str, Engine] = {"reference": ReferenceEngine()}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS!r}, got {backend!r}")
+    return backend
+
+
+def resolve_backend(backend: str, x: Tensor) -> str:
+    """The engine that will run: ``auto`` picks the fused CPU engine when it can run."""
+    check_backend(backend)
+    if backend == "auto":
+        if x.device.type == "cpu" and "cpu" in ENGINES and x.dtype in (torch.float32, torch.float64):
+            return "cpu"
+        return "reference"
+    if backend not in ENGINES:
+        raise ValueError(f"backend {backend!r} is not available here; available: {sorted(ENGINES)}")
+    return backend
+
+
+class GRUFunction(torch.autograd.Function):
+    """One GRU direction over a sequence; backward is the hand-derived BPTT of the engine."""
+
+    @staticmethod
+    def forward(ctx, x, h0, W, U, b_W, b_U, reset, lengths, reverse, engine_name):  # noqa: ANN001
+        engine = ENGINES[engine_name]
+        training = any(ctx.needs_input_grad[:6])
+        y, h_n, saved = engine.forward(x, h0, W, U, b_W, b_U, reset, lengths, reverse, training)
+        ctx.reset, ctx.reverse, ctx.engine_name = reset, reverse, engine_name
+        ctx.save_for_backward(x, h0, W, U, b_W, b_U, lengths, y, h_n, *saved)
+        return y, h_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n):  # noqa: ANN001
+        x, h0, W, U, b_W, b_U, lengths, y, h_n, *saved = ctx.saved_tensors
+        engine = ENGINES[ctx.engine_name]
+        dx, dh0, dW, dU, db_W, db_U = engine.backward(
+            dy, dh_n, x, h0, W, U, b_W, b_U, ctx.reset, lengths, ctx.reverse, y, h_n, tuple(saved)
+        )
+        if b_W is None:
+            db_W = db_U = None
+        return dx, dh0, dW, dU, db_W, db_U, None, None, None, None
+
+
+def gru_sequence(
+    x: Tensor,
+    h0: Tensor,
+    W: Tensor,
+    U: Tensor,
+    b_W: Tensor | None,
+    b_U: Tensor | None,
+    *,
+    reset: str = "after",
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """One GRU direction over a validated sequence: ``(y (T, B, H), h_n (B, H))``.
+
+    Differentiable through the hand-derived backward of the chosen engine. Inputs must already
+    be validated (shapes, dtypes, lengths in ``[0, T]``): the layers do that.
+    """
+    engine = resolve_backend(backend, x)
+    return GRUFunction.apply(x, h0, W, U, b_W, b_U, reset, lengths, reverse, engine)

@@ -1,0 +1,1 @@
+"""Data: synthetic generators for the memory tasks and loaders for real data sets."""
