@@ -26,6 +26,7 @@ from grulab.engine.dispatch import gru_sequence
 from grulab.engine.native import native_run
 from grulab.engine.reference import lstm_ref, rnn_ref
 from grulab.init import check_init, init_direction_
+from grulab.io import register
 
 State = tuple[Tensor, ...]
 
@@ -155,6 +156,14 @@ class _Recurrent(nn.Module):
             for d in range(self.num_directions):
                 init_direction_(*self.direction_parameters(layer, d), gates=self.gates, init=self.init,
                                 family=self.family, chrono_horizon=self.chrono_horizon)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-serialisable) that rebuild this module's architecture."""
+        names = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
+                 "init", "chrono_horizon", "check_finite", "backend", *self._family_config]
+        return {n: getattr(self, n) for n in names}
+
+    _family_config: ClassVar[tuple[str, ...]] = ()
 
     def flatten_parameters(self) -> None:
         """No-op, for drop-in compatibility with ``torch.nn.RNNBase``: the layout is already flat."""
@@ -320,6 +329,7 @@ class _Recurrent(nn.Module):
         return to_torch(self)
 
 
+@register
 class GRU(_Recurrent):
     r"""Gated Recurrent Unit, exactly as the seed writes it.
 
@@ -349,6 +359,7 @@ class GRU(_Recurrent):
     family = "gru"
     gates = 3
     backends = ("auto", "reference", "cpu")
+    _family_config = ("reset",)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -383,6 +394,7 @@ class _NativeStack(_Recurrent):
                           lengths=lengths)
 
 
+@register
 class RNN(_NativeStack):
     """The Elman RNN the seed says GRUs fix: ``h_t = tanh(W x_t + b_W + U h_{t-1} + b_U)``.
 
@@ -393,6 +405,7 @@ class RNN(_NativeStack):
 
     family = "rnn"
     gates = 1
+    _family_config = ("nonlinearity",)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -414,6 +427,7 @@ class RNN(_NativeStack):
         return y, (h_n,)
 
 
+@register
 class LSTM(_NativeStack):
     """The LSTM, the cell-memory model the seed says comes next (gate order ``[i, f, g, o]``).
 
@@ -432,6 +446,7 @@ class LSTM(_NativeStack):
         return y, final
 
 
+@register
 class GRUCell(nn.Module):
     """One GRU step as a module: ``forward(x, h=None) -> h``.
 
@@ -469,6 +484,10 @@ class GRUCell(nn.Module):
         self.b_W = nn.Parameter(torch.empty(3 * H, **factory)) if bias else None
         self.b_U = nn.Parameter(torch.empty(3 * H, **factory)) if bias else None
         self.reset_parameters()
+
+    def config(self) -> dict[str, Any]:
+        names = ["input_size", "hidden_size", "bias", "reset", "init", "chrono_horizon", "check_finite"]
+        return {n: getattr(self, n) for n in names}
 
     def reset_parameters(self) -> None:
         init_direction_(self.W, self.U, self.b_W, self.b_U, gates=3, init=self.init, family="gru",
