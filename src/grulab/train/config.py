@@ -1,0 +1,150 @@
+"""The training configuration: one flat, typed dataclass; unknown keys fail loudly.
+
+Built in code (``TrainConfig(steps=2000, lr=1e-3)``), from a dictionary (``TrainConfig.from_dict``,
+e.g. a parsed TOML table or ``config.json``) or from flat ``key=value`` overrides. Every field is
+checked when the object is made, so a typo or a wrong type is an error before any training runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+MODES = ("min", "max")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: budget, optimiser, regularisation, evaluation, early stopping, checkpoints.
+
+    Args:
+        steps: number of optimiser steps (the budget; early stopping may end sooner).
+        lr: learning rate.
+        optimizer: ``"adam"``, ``"rmsprop"`` or ``"sgd"``.
+        momentum: momentum for ``"sgd"`` and ``"rmsprop"`` (ignored by Adam).
+        rmsprop_alpha: RMSProp's smoothing constant of the squared-gradient average.
+        weight_decay: L2 penalty passed to the optimiser.
+        clip: clip the global gradient norm to this value (``None``: no clipping).
+        weight_noise: standard deviation of Gaussian noise added to every parameter for each
+            forward/backward pass (Graves 2011; Chung et al. 2014 used 0.075); the gradient
+            computed at the noisy weights updates the clean ones. ``0``: off.
+        eval_every: run ``evaluate`` every this many steps (and always after the last step).
+        log_every: write the mean training loss to the log every this many steps.
+        monitor: the metric of ``evaluate`` that decides the best model and early stopping
+            (``None``: the final model is the result, no early stopping).
+        mode: ``"min"`` if a smaller ``monitor`` is better, ``"max"`` otherwise.
+        patience: stop after this many evaluations without improvement (``None``: never).
+        min_delta: an improvement must beat the best value by more than this.
+        restore_best: load the best weights into the model at the end (needs ``monitor``).
+        seed: seeds the model's random draws during training (dropout, weight noise).
+        checkpoint_every: write a checkpoint every this many steps (``None``: only at the end;
+            needs a run directory). Checkpoints make ``resume`` exact.
+        progress: show a progress bar with the live loss.
+        device: where to train (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); under torchrun with CUDA each
+            process uses its local rank's GPU.
+    """
+
+    steps: int = 1000
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    rmsprop_alpha: float = 0.99
+    weight_decay: float = 0.0
+    clip: float | None = 1.0
+    weight_noise: float = 0.0
+    eval_every: int = 100
+    log_every: int = 10
+    monitor: str | None = None
+    mode: str = "min"
+    patience: int | None = None
+    min_delta: float = 0.0
+    restore_best: bool = True
+    seed: int = 0
+    checkpoint_every: int | None = None
+    progress: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        for name in ("steps", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        for name in ("momentum", "weight_decay", "weight_noise", "min_delta"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.rmsprop_alpha < 1:
+            raise ValueError(f"rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
+        if self.clip is not None and not (self.clip > 0 and math.isfinite(self.clip)):
+            raise ValueError(f"clip must be a positive finite number or None, got {self.clip}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS!r}, got {self.optimizer!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES!r}, got {self.mode!r}")
+        if self.patience is not None and self.monitor is None:
+            raise ValueError("patience (early stopping) needs monitor: the name of a metric returned by evaluate")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping; a key that is not a field raises ``ValueError`` naming it."""
+        if not isinstance(data, dict):
+            raise TypeError(f"TrainConfig.from_dict needs a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (checked like a new config; unknown keys fail)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type hint; ints are accepted where floats are expected."""
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if value is None:
+        if optional:
+            return None
+        raise TypeError(f"{name} must be a {hint.__name__}, got None")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a new field with an unsupported type is a programming error
+        raise TypeError(f"unsupported field type {hint!r} for {name}")
+    kind = f"{hint.__name__} or None" if optional else hint.__name__
+    raise TypeError(f"{name} must be a {kind}, got {value!r} ({type(value).__name__})")
+
+
+def config_fields() -> tuple[dataclasses.Field, ...]:
+    """The fields of :class:`TrainConfig` (for command-line flags built from them)."""
+    return fields(TrainConfig)
