@@ -46,7 +46,9 @@ def registered() -> dict[str, type[nn.Module]]:
 
 
 def _ensure_builtin() -> None:
-    from grulab import layers  # noqa: F401  (registers GRU, GRUCell, RNN, LSTM)
+    # importing registers the classes: GRU, GRUCell, RNN, LSTM; SequenceModel; MinGRU and the variants
+    from grulab import layers, models, variants  # noqa: F401
+    from grulab.variants import mingru  # noqa: F401
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from grulab.io import register
 from grulab.layers import GRU, LSTM, RNN
+from grulab.variants.mingru import MinGRU
 
 READOUTS = ("last", "all")
 
@@ -29,6 +30,7 @@ CELLS: dict[str, Callable[..., nn.Module]] = {
     "gru": _gru("after"),
     "gru_before": _gru("before"),
     "lstm": lambda I, H, **kw: LSTM(I, H, **kw),
+    "mingru": lambda I, H, **kw: MinGRU(I, H, **kw),
 }
 
 
