@@ -25,6 +25,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from grulab.diagnostics import run_inspect
+
+    result = run_inspect(args.models, cells=args.cells.split(","), task=args.task, T=args.T, batch=args.batch,
+                         params=args.params, init=args.init, out=args.out, seed=args.seed)
+    print(f"wrote {len(result.figures)} figures and {result.page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grulab", description="Gated Recurrent Units: library and lab.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1200, help="training steps per model")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("inspect", help="gates, gradient flow, saturation and memory horizons of models, as a page")
+    p.add_argument("models", nargs="*", help="saved model files (grulab.io); none: fresh models of --cells")
+    p.add_argument("--cells", default="rnn,gru,lstm", help="cells to initialise when no model file is given")
+    p.add_argument("--task", default="auto", choices=["auto", "adding", "copy", "random"], help="input data")
+    p.add_argument("--T", type=int, default=100, help="sequence length (copy: the delay)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--params", type=int, default=5000, help="matched parameter count of fresh models")
+    p.add_argument("--init", default="pytorch", choices=["pytorch", "orthogonal", "chrono"])
+    p.add_argument("--out", default="inspect", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_inspect)
     return parser
 
 
