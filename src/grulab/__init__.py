@@ -5,6 +5,8 @@ from grulab.engine.reference import gru_ref
 from grulab.export import export_onnx
 from grulab.layers import GRU, LSTM, RNN, GRUCell, step_jacobian
 from grulab.variants.mingru import MinGRU
+from grulab.variants.regularized import LayerNormGRU, RegularizedGRU
 
-__all__ = ["GRU", "GRUCell", "LSTM", "MinGRU", "RNN", "export_onnx", "gru_ref", "gru_sequence", "step_jacobian"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LayerNormGRU", "MinGRU", "RNN", "RegularizedGRU", "export_onnx", "gru_ref",
+           "gru_sequence", "step_jacobian"]
 __version__ = "0.1.0"

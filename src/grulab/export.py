@@ -56,12 +56,14 @@ def _exportable_gru(model: nn.Module) -> tuple[nn.Module, nn.Module | None, str 
     from grulab.models import SequenceModel
 
     def check(m: nn.Module) -> nn.Module:
+        if callable(getattr(m, "as_gru", None)):  # a variant whose evaluation form may be a plain GRU
+            try:
+                m = m.as_gru()
+            except ValueError as e:
+                raise TypeError(f"{type(m).__name__} cannot be exported to the ONNX GRU operator: {e}") from e
         if not isinstance(m, GRU):
             raise TypeError(f"export_onnx supports grulab.GRU and SequenceModel with a GRU cell; "
                             f"got {type(m).__name__}")
-        why = getattr(m, "onnx_unsupported", None)
-        if why:
-            raise TypeError(f"{type(m).__name__} cannot be exported to the ONNX GRU operator: {why}")
         return m
 
     if isinstance(model, SequenceModel):

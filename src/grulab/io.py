@@ -48,7 +48,7 @@ def registered() -> dict[str, type[nn.Module]]:
 def _ensure_builtin() -> None:
     # importing registers the classes: GRU, GRUCell, RNN, LSTM; SequenceModel; MinGRU and the variants
     from grulab import layers, models, variants  # noqa: F401
-    from grulab.variants import mingru  # noqa: F401
+    from grulab.variants import mingru, regularized  # noqa: F401
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from grulab.io import register
 from grulab.layers import GRU, LSTM, RNN
 from grulab.variants.mingru import MinGRU
+from grulab.variants.regularized import LayerNormGRU
 
 READOUTS = ("last", "all")
 
@@ -31,6 +32,7 @@ CELLS: dict[str, Callable[..., nn.Module]] = {
     "gru_before": _gru("before"),
     "lstm": lambda I, H, **kw: LSTM(I, H, **kw),
     "mingru": lambda I, H, **kw: MinGRU(I, H, **kw),
+    "lngru": lambda I, H, **kw: LayerNormGRU(I, H, **kw),
 }
 
 
