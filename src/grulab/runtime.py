@@ -1,0 +1,116 @@
+"""grulab modules under PyTorch's program transformations: autocast, ``torch.jit.trace`` and
+``torch.compile``.
+
+* **autocast**: the recurrence runs in the parameters' dtype (float32) with autocast switched off
+  inside the layer; a bfloat16/float16 input or state is cast up first, and outputs and the state
+  are float32. Rounding the carried state to bfloat16's 8-bit mantissa at every step would
+  compound over the sequence, and the fused engines are float32 kernels; the layers around a GRU
+  (embeddings, heads) still run in bfloat16. ``torch.nn.GRU`` also stays float32 under CPU
+  autocast for float32 input.
+* **torch.jit.trace**: a trace records tensor operations, so a Python loop over time would be
+  unrolled and frozen at the example's length. Under tracing the GRU runs :func:`gru_scripted`, a
+  TorchScript loop that the trace keeps as a loop: the traced module accepts any length and can
+  be saved with ``torch.jit.save`` and run without Python (libtorch).
+* **torch.compile**: the recurrence is opaque to the compiler (``torch.compiler.disable``): it
+  already runs as one fused kernel per layer and direction, while tracing it would unroll the
+  reference loop and recompile for every new length. Everything around it is compiled.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+F = TypeVar("F", bound=Callable[..., Any])
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def _up(t: Any, dtype: torch.dtype) -> Any:
+    if isinstance(t, Tensor) and t.dtype in _LOW:
+        return t.to(dtype)
+    if isinstance(t, tuple):
+        return tuple(_up(s, dtype) for s in t)
+    return t
+
+
+def float32_under_autocast(forward: F) -> F:
+    """Decorate a layer's ``forward(self, input, *args)``: under autocast, switch it off for the
+    layer and cast low-precision floating inputs (and states) up to the parameters' dtype."""
+
+    @functools.wraps(forward)
+    def wrapper(self: torch.nn.Module, input: Any, *args: Any, **kwargs: Any) -> Any:
+        data = getattr(input, "data", input)  # PackedSequence carries its tensor in .data
+        device = data.device.type if isinstance(data, Tensor) else "cpu"
+        if not torch.is_autocast_enabled(device):
+            return forward(self, input, *args, **kwargs)
+        dtype = next(self.parameters()).dtype
+        if isinstance(input, torch.nn.utils.rnn.PackedSequence):
+            input = input._replace(data=_up(input.data, dtype))
+        else:
+            input = _up(input, dtype)
+        args = tuple(_up(a, dtype) for a in args)
+        kwargs = {k: _up(v, dtype) for k, v in kwargs.items()}
+        with torch.autocast(device_type=device, enabled=False):
+            return forward(self, input, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@torch.jit.script
+def gru_scripted(
+    x: Tensor,
+    h0: Tensor,
+    W: Tensor,
+    U: Tensor,
+    b_W: Tensor | None,
+    b_U: Tensor | None,
+    reset_after: bool,
+    reverse: bool,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """One GRU direction as a TorchScript loop (eqs. 1-4), same contract as ``gru_ref``:
+    ``x (T, B, I)``, ``h0 (B, H)``; returns ``(y (T, B, H), h_n (B, H))``."""
+    T = x.size(0)
+    H = h0.size(1)
+    a_x = torch.matmul(x, W.t())  # (T, B, 3H) input side of every step at once
+    if b_W is not None:
+        a_x = a_x + b_W
+    U_z, U_r, U_h = U[:H], U[H : 2 * H], U[2 * H :]
+    b_Uz, b_Ur, b_Uh = torch.zeros(3 * H, dtype=x.dtype, device=x.device).chunk(3)
+    if b_U is not None:
+        b_Uz, b_Ur, b_Uh = b_U[:H], b_U[H : 2 * H], b_U[2 * H :]
+    h = h0
+    ys = []
+    for i in range(T):
+        t = T - 1 - i if reverse else i
+        a_xz, a_xr, a_xh = a_x[t, :, :H], a_x[t, :, H : 2 * H], a_x[t, :, 2 * H :]
+        z = torch.sigmoid(a_xz + torch.matmul(h, U_z.t()) + b_Uz)  # (eq. 1)
+        r = torch.sigmoid(a_xr + torch.matmul(h, U_r.t()) + b_Ur)  # (eq. 2)
+        if reset_after:
+            h_tilde = torch.tanh(a_xh + r * (torch.matmul(h, U_h.t()) + b_Uh))  # (eq. 3a)
+        else:
+            h_tilde = torch.tanh(a_xh + torch.matmul(r * h, U_h.t()) + b_Uh)  # (eq. 3b)
+        h_new = (1 - z) * h + z * h_tilde  # (eq. 4)
+        if lengths is not None:
+            m = (lengths.to(x.device) > t).unsqueeze(1)
+            h = torch.where(m, h_new, h)
+            ys.append(torch.where(m, h_new, torch.zeros_like(h_new)))
+        else:
+            h = h_new
+            ys.append(h_new)
+    if reverse:
+        ys.reverse()
+    return torch.stack(ys), h
+
+
+def warn_traced_loop(name: str, T: int) -> None:
+    """For layers whose reference loop a trace unrolls: say the graph is fixed to this length."""
+    if torch.jit.is_tracing():
+        warnings.warn(f"torch.jit.trace unrolls {name}'s per-step loop: the traced graph only accepts "
+                      f"sequences of length {T}. Trace grulab.GRU (kept as a loop) or export a "
+                      f"plain GRU with grulab.export_onnx for variable lengths.", stacklevel=3)
