@@ -19,6 +19,7 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup
+	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -m nojit tests/engine
 
 bench: $(STAMP)
 	$(PY) -m grulab bench

@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from grulab.cells.gru import check_reset, gru_cell, gru_step_jacobian
 from grulab.cells.lstm import lstm_step_jacobian
 from grulab.cells.rnn import check_nonlinearity, rnn_step_jacobian
-from grulab.engine.dispatch import gru_sequence
+from grulab.engine.dispatch import BACKENDS, gru_sequence
 from grulab.engine.native import native_run
 from grulab.engine.reference import lstm_ref, rnn_ref
 from grulab.init import check_init, init_direction_
@@ -358,7 +358,7 @@ class GRU(_Recurrent):
 
     family = "gru"
     gates = 3
-    backends = ("auto", "reference", "cpu")
+    backends = BACKENDS
     _family_config = ("reset",)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

@@ -3,11 +3,12 @@
 An *engine* runs one direction of one GRU layer over a whole sequence and provides::
 
     forward(x, h0, W, U, b_W, b_U, reset, lengths, reverse, training) -> (y, h_n, saved)
-    backward(dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, y, h_n, saved)
+    backward(dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, y, h_n, saved, needs)
         -> (dx, dh0, dW, dU, db_W, db_U)
 
 with the shapes of :mod:`grulab.engine.reference`. ``saved`` is a tuple of tensors the engine
-chooses (what its backward needs, nothing more). Engines register themselves in ``ENGINES``.
+chooses (what its backward needs, nothing more); ``needs`` says which of the six gradients are
+wanted (an engine may return ``None`` for the others). Engines register in ``ENGINES``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from grulab.engine.reference import GRUTrace, gru_ref, gru_ref_backward
 
-BACKENDS = ("auto", "reference", "cpu")
+BACKENDS = ("auto", "reference", "cpu", "cpu_recompute")
 
 
 class Engine(Protocol):
@@ -39,13 +40,32 @@ class ReferenceEngine:
         y, h_n, trace = gru_ref(x, h0, W, U, b_W, b_U, reset=reset, lengths=lengths, reverse=reverse)
         return y, h_n, tuple(trace) if training else ()
 
-    def backward(self, dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, y, h_n, saved):  # noqa: ANN001
+    def backward(self, dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, y, h_n, saved, needs):  # noqa: ANN001
         return gru_ref_backward(
             dy, dh_n, x, h0, W, U, GRUTrace(*saved), reset=reset, lengths=lengths, reverse=reverse
         )
 
 
-ENGINES: dict[str, Engine] = {"reference": ReferenceEngine()}
+@dataclass(frozen=True)
+class CPUEngine:
+    """The fused Numba kernels of :mod:`grulab.engine.cpu` (float32/float64 CPU tensors)."""
+
+    name: str = "cpu"
+    recompute: bool = False
+
+    def forward(self, x, h0, W, U, b_W, b_U, reset, lengths, reverse, training):  # noqa: ANN001
+        from grulab.engine.cpu import gru_fwd
+
+        return gru_fwd(x, h0, W, U, b_W, b_U, reset, lengths, reverse, training, self.recompute)
+
+    def backward(self, dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, y, h_n, saved, needs):  # noqa: ANN001
+        from grulab.engine.cpu import gru_bwd
+
+        return gru_bwd(dy, dh_n, x, h0, W, U, b_W, b_U, reset, lengths, reverse, saved, needs)
+
+
+ENGINES: dict[str, Engine] = {"reference": ReferenceEngine(), "cpu": CPUEngine(),
+                              "cpu_recompute": CPUEngine("cpu_recompute", recompute=True)}
 
 
 def check_backend(backend: str) -> str:
@@ -58,11 +78,11 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     """The engine that will run: ``auto`` picks the fused CPU engine when it can run."""
     check_backend(backend)
     if backend == "auto":
-        if x.device.type == "cpu" and "cpu" in ENGINES and x.dtype in (torch.float32, torch.float64):
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
             return "cpu"
         return "reference"
-    if backend not in ENGINES:
-        raise ValueError(f"backend {backend!r} is not available here; available: {sorted(ENGINES)}")
+    if backend.startswith("cpu") and (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)):
+        raise ValueError(f"backend {backend!r} runs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
     return backend
 
 
@@ -83,13 +103,15 @@ class GRUFunction(torch.autograd.Function):
         x, h0, W, U, b_W, b_U, lengths, y, h_n, *saved = ctx.saved_tensors
         engine = ENGINES[ctx.engine_name]
         dx, dh0, dW, dU, db_W, db_U = engine.backward(
-            dy, dh_n, x, h0, W, U, b_W, b_U, ctx.reset, lengths, ctx.reverse, y, h_n, tuple(saved)
+            dy, dh_n, x, h0, W, U, b_W, b_U, ctx.reset, lengths, ctx.reverse, y, h_n, tuple(saved),
+            ctx.needs_input_grad[:6]
         )
         if b_W is None:
             db_W = db_U = None
         return dx, dh0, dW, dU, db_W, db_U, None, None, None, None
 
 
+@torch.compiler.disable  # one fused kernel per call: torch.compile leaves it opaque (grulab.runtime)
 def gru_sequence(
     x: Tensor,
     h0: Tensor,
@@ -108,5 +130,9 @@ def gru_sequence(
     Differentiable through the hand-derived backward of the chosen engine. Inputs must already
     be validated (shapes, dtypes, lengths in ``[0, T]``): the layers do that.
     """
+    if torch.jit.is_tracing():  # a TorchScript loop, so the trace keeps the loop over time
+        from grulab.runtime import gru_scripted
+
+        return gru_scripted(x, h0, W, U, b_W, b_U, reset == "after", reverse, lengths)
     engine = resolve_backend(backend, x)
     return GRUFunction.apply(x, h0, W, U, b_W, b_U, reset, lengths, reverse, engine)

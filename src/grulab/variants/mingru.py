@@ -23,6 +23,7 @@ from grulab.engine.reference import scan, step_mask
 from grulab.init import check_init
 from grulab.io import register
 from grulab.layers import _Recurrent
+from grulab.runtime import warn_traced_loop
 
 BACKENDS = ("auto", "parallel", "sequential")
 
@@ -161,6 +162,8 @@ class MinGRU(_Recurrent):
         backend = self.backend
         if backend == "auto":
             backend = "parallel" if x.shape[0] > 1 else "sequential"
+        if backend == "sequential":
+            warn_traced_loop("MinGRU (backend='sequential')", x.shape[0])
         y, h_n = ENGINES[backend](x, state0[0], *params, lengths=lengths, reverse=reverse)
         return y, (h_n,)
 

@@ -34,8 +34,10 @@ from grulab.engine.reference import scan
 from grulab.init import init_direction_
 from grulab.io import register
 from grulab.layers import GRU, _Recurrent
+from grulab.runtime import warn_traced_loop
 
 
+@torch.compiler.disable  # a per-step loop: compiling it would unroll T steps and recompile per length
 def variant_gru_ref(
     x: Tensor,
     h0: Tensor,
@@ -70,6 +72,7 @@ def variant_gru_ref(
         ``(y (T, B, H), h_n (B, H))``.
     """
     check_reset(reset)
+    warn_traced_loop("this GRU variant", x.shape[0])
     if (g_W is None) != (g_U is None):
         raise ValueError("g_W and g_U must be given together (layer normalisation) or both be None")
     I = x.shape[-1]

@@ -1,0 +1,153 @@
+"""Numba building blocks for the fused kernels: vectorisable activations and a small GEMM.
+
+* ``exp32``: ``exp`` in float32 by Cody–Waite range reduction (``x = n ln2 + r``, ``|r| <= ln2/2``),
+  a degree-7 Taylor polynomial for ``e^r`` and ``2^n`` built by writing ``n + 127`` into the
+  exponent bits. Branch-free, so LLVM vectorises loops that call it (``math.exp`` stays a scalar
+  libm call). Relative error <= 2e-7 over the float32 range (``tests/engine/test_jitmath.py``).
+* ``sigmoid32 = 1 / (1 + exp32(-x))`` (relative error <= 2e-7) and
+  ``tanh32 = 2 sigmoid32(2x) - 1`` (absolute error <= 2e-7). NaN inputs give NaN outputs.
+* ``sigmoid64``/``tanh64``: exact libm forms for float64, the accuracy path.
+* ``gemm_nt(A, Bm, C)``: ``C = A @ Bm.T`` with both operands contiguous along the reduction
+  axis; 4x2 register tiles, one vector accumulator per output, reduced at the end.
+
+Kernels compile with :data:`FLAGS`: ``fastmath`` without ``nnan``/``ninf`` (reassociation and
+FMA contraction for vectorised reductions, but NaN and Inf keep their IEEE meaning) and
+``error_model="numpy"`` (no ZeroDivisionError branch, which would block vectorisation).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
+FLAGS = {"fastmath": FASTMATH, "error_model": "numpy", "cache": True, "nogil": True}
+INLINE = {**FLAGS, "inline": "always"}
+
+if numba.config.DISABLE_JIT:  # pure-Python fallback so the kernels run (and are covered) without JIT
+
+    def bits_to_f32(v):  # noqa: ANN001, ANN201
+        return np.array([v], dtype=np.int64).astype(np.int32).view(np.float32)[0]
+
+else:
+
+    @intrinsic
+    def bits_to_f32(typingctx, v):  # noqa: ANN001, ANN201
+        """Reinterpret the low 32 bits of an integer as a float32 (a bitcast, no conversion)."""
+        if not isinstance(v, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            val = args[0]
+            if v.bitwidth != 32:
+                val = builder.trunc(val, ir.IntType(32))
+            return builder.bitcast(val, ir.FloatType())
+
+        return types.float32(v), codegen
+
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 split so n * _LN2_HI is exact for |n| < 2^9
+_LN2_LO = np.float32(-2.12194440e-4)
+_E0, _E1, _E2, _E3, _E4, _E5, _E6, _E7 = (np.float32(1.0 / f) for f in (1, 1, 2, 6, 24, 120, 720, 5040))
+_ONE, _TWO, _HALF = np.float32(1.0), np.float32(2.0), np.float32(0.5)
+_LO, _HI = np.float32(-87.0), np.float32(88.0)
+
+
+@njit(**INLINE)
+def exp32(x):  # noqa: ANN001, ANN201
+    c = min(max(x, _LO), _HI)
+    k = np.int32(c * _LOG2E + np.float32(128.5)) - np.int32(128)  # floor(c log2 e + 1/2), argument > 0
+    n = np.float32(k)
+    r = c - n * _LN2_HI - n * _LN2_LO
+    p = _E7 * r + _E6
+    p = p * r + _E5
+    p = p * r + _E4
+    p = p * r + _E3
+    p = p * r + _E2
+    p = p * r + _E1
+    p = p * r + _E0
+    scale = bits_to_f32((k + np.int32(127)) << np.int32(23))  # 2^k
+    return p * scale if x == x else x  # a NaN input stays NaN (the clamp above would hide it)
+
+
+@njit(**INLINE)
+def sigmoid32(x):  # noqa: ANN001, ANN201
+    return _ONE / (_ONE + exp32(-x))
+
+
+@njit(**INLINE)
+def tanh32(x):  # noqa: ANN001, ANN201
+    return _TWO * sigmoid32(_TWO * x) - _ONE
+
+
+@njit(**INLINE)
+def sigmoid64(x):  # noqa: ANN001, ANN201
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@njit(**INLINE)
+def tanh64(x):  # noqa: ANN001, ANN201
+    return np.tanh(x)
+
+
+@njit(**FLAGS)
+def gemm_nt(A, Bm, C):  # noqa: ANN001, ANN201
+    """``C[M, N] = A[M, K] @ Bm[N, K].T`` (both C-contiguous in K). Overwrites ``C``."""
+    M, K = A.shape
+    N = Bm.shape[0]
+    zero = C.dtype.type(0)
+    i = 0
+    while i + 4 <= M:
+        a0, a1, a2, a3 = A[i], A[i + 1], A[i + 2], A[i + 3]
+        j = 0
+        while j + 2 <= N:
+            b0, b1 = Bm[j], Bm[j + 1]
+            s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = zero
+            for k in range(K):
+                y0, y1 = b0[k], b1[k]
+                s00 += a0[k] * y0
+                s01 += a0[k] * y1
+                s10 += a1[k] * y0
+                s11 += a1[k] * y1
+                s20 += a2[k] * y0
+                s21 += a2[k] * y1
+                s30 += a3[k] * y0
+                s31 += a3[k] * y1
+            C[i, j], C[i, j + 1], C[i + 1, j], C[i + 1, j + 1] = s00, s01, s10, s11
+            C[i + 2, j], C[i + 2, j + 1], C[i + 3, j], C[i + 3, j + 1] = s20, s21, s30, s31
+            j += 2
+        if j < N:
+            b0 = Bm[j]
+            s0 = s1 = s2 = s3 = zero
+            for k in range(K):
+                s0 += a0[k] * b0[k]
+                s1 += a1[k] * b0[k]
+                s2 += a2[k] * b0[k]
+                s3 += a3[k] * b0[k]
+            C[i, j], C[i + 1, j], C[i + 2, j], C[i + 3, j] = s0, s1, s2, s3
+        i += 4
+    while i < M:
+        a0 = A[i]
+        j = 0
+        while j + 4 <= N:
+            b0, b1, b2, b3 = Bm[j], Bm[j + 1], Bm[j + 2], Bm[j + 3]
+            s0 = s1 = s2 = s3 = zero
+            for k in range(K):
+                x = a0[k]
+                s0 += x * b0[k]
+                s1 += x * b1[k]
+                s2 += x * b2[k]
+                s3 += x * b3[k]
+            C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s0, s1, s2, s3
+            j += 4
+        while j < N:
+            s0 = zero
+            for k in range(K):
+                s0 += a0[k] * Bm[j, k]
+            C[i, j] = s0
+            j += 1
+        i += 1

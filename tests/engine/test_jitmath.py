@@ -1,0 +1,72 @@
+"""The compiled building blocks: fast float32 activations and the small GEMM."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numba import njit
+
+from grulab.engine._jitmath import exp32, gemm_nt, sigmoid32, tanh32
+
+
+@njit
+def _apply(kind, x, out):
+    for i in range(x.shape[0]):
+        if kind == 0:
+            out[i] = exp32(x[i])
+        elif kind == 1:
+            out[i] = sigmoid32(x[i])
+        else:
+            out[i] = tanh32(x[i])
+
+
+def _eval(kind, x):
+    out = np.empty_like(x)
+    _apply(kind, x, out)
+    return out
+
+
+X = np.linspace(-100, 100, 2_000_001, dtype=np.float32)
+
+
+def test_exp32_relative_error():
+    xs = X[(X > -87) & (X < 88)]
+    ref = np.exp(xs.astype(np.float64))
+    rel = np.abs(_eval(0, xs) - ref) / ref
+    print(f"exp32 max relative error {rel.max():.2e}")
+    assert rel.max() < 2.5e-7
+
+
+def test_sigmoid32_relative_and_tanh32_absolute_error():
+    xd = X.astype(np.float64)
+    sig = 1 / (1 + np.exp(-xd))
+    rel = np.abs(_eval(1, X) - sig) / np.maximum(sig, 1e-300)
+    keep = sig > 1e-30
+    print(f"sigmoid32 max relative error {rel[keep].max():.2e}")
+    assert rel[keep].max() < 2.5e-7
+    abs_err = np.abs(_eval(2, X) - np.tanh(xd)).max()
+    print(f"tanh32 max absolute error {abs_err:.2e}")
+    assert abs_err < 2.5e-7
+
+
+def test_special_values():
+    out = _eval(1, np.array([np.nan, np.inf, -np.inf, 0.0], np.float32))
+    assert np.isnan(out[0]) and out[1] == 1.0 and out[2] < 1e-30 and out[3] == 0.5
+    out = _eval(2, np.array([np.nan, np.inf, -np.inf, 0.0], np.float32))
+    assert np.isnan(out[0]) and out[1] == 1.0 and out[2] == -1.0 and abs(out[3]) < 1e-7
+
+
+@given(M=st.integers(1, 13), N=st.integers(1, 13), K=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]))
+def test_gemm_nt_all_remainders(M, N, K, dtype):
+    rng = np.random.default_rng(M * 1000 + N * 50 + K)
+    A, Bm = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype)
+    C = np.full((M, N), np.nan, dtype)
+    gemm_nt(A, Bm, C)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(C, A @ Bm.T, rtol=tol, atol=tol)
+
+
+@pytest.mark.nojit
+def test_uncompiled_bitcast_matches():
+    x = np.array([-3.5, 0.0, 1.0, 20.0], np.float32)
+    np.testing.assert_allclose(_eval(0, x), np.exp(x.astype(np.float64)), rtol=3e-7)
