@@ -82,3 +82,52 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 def test_unregistered_class_is_refused(tmp_path):
     with pytest.raises(TypeError, match="not a registered grulab model class"):
         io.save(torch.nn.Linear(2, 3), tmp_path / "x.safetensors")
+
+
+def test_flipped_bit_in_the_weights_is_detected(tmp_path):
+    path = io.save(grulab.GRU(2, 3), tmp_path / "m.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor's bytes: safetensors' layout is still valid
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted: its tensors do not match the checksum"):
+        io.load(tmp_path / "flipped.safetensors")
+
+
+def test_malformed_headers_are_value_errors(tmp_path):
+    from safetensors.torch import save as st_save
+
+    for grulab_meta, match in [("[1, 2]", "a JSON object was expected"),
+                               ('{"format": "grulab", "version": 1, "class": "GRU", "config": [2, 3]}',
+                                "'config' must be a dict"),
+                               ('{"format": "grulab", "version": 1, "class": 7}', "'class' must be a str")]:
+        (tmp_path / "h.safetensors").write_bytes(st_save({"a": torch.zeros(1)}, metadata={"grulab": grulab_meta}))
+        with pytest.raises(ValueError, match=match):
+            io.load(tmp_path / "h.safetensors")
+
+
+def test_a_failed_load_changes_nothing():
+    # load builds a fresh model and checks every tensor before copying any: nothing is half-loaded
+    model = grulab.GRU(2, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = {**before, "U_l0": torch.zeros(9, 4)}
+    with pytest.raises(ValueError, match="tensor 'U_l0'"):
+        io.load_state_strict(model, {k: torch.ones_like(v) if k != "U_l0" else bad[k] for k, v in before.items()},
+                             "bad")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_every_builtin_class_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    from grulab.models import SequenceModel
+
+    models = [SequenceModel("mingru", 2, 4, 1), SequenceModel("lngru", 2, 4, 1), grulab.MinGRU(2, 3),
+              grulab.LayerNormGRU(2, 3), grulab.RegularizedGRU(2, 3, zoneout=0.1)]
+    for i, model in enumerate(models):
+        io.save(model, tmp_path / f"{i}.safetensors")
+    code = ("import sys; from grulab import io; "
+            "print([type(io.load(p)).__name__ for p in sys.argv[1:]])")
+    out = subprocess.run([sys.executable, "-c", code, *sorted(map(str, tmp_path.glob("*.safetensors")))],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(["SequenceModel", "SequenceModel", "MinGRU", "LayerNormGRU", "RegularizedGRU"])

@@ -15,6 +15,7 @@ returning JSON-serialisable constructor keyword arguments.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -69,9 +70,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order.
+
+    Stored in the header, it turns silent corruption of the weights (a flipped bit, a file
+    spliced from two saves) into a load error: safetensors itself only checks the layout."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def encode(tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> bytes:
-    """safetensors bytes with ``header`` as JSON in the metadata (tensors made contiguous, CPU)."""
+    """safetensors bytes with ``header`` as JSON in the metadata (tensors made contiguous, CPU),
+    plus the tensors' SHA-256 (:func:`tensors_digest`) that :func:`decode` verifies."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    header = {**header, "sha256": tensors_digest(flat)}
     return st_save(flat, metadata={"grulab": json.dumps(header, sort_keys=True)})
 
 
@@ -80,8 +96,8 @@ def decode(data: bytes, source: str = "data") -> tuple[dict[str, torch.Tensor], 
     try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as e:
+        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, AttributeError) as e:
         raise ValueError(f"{source} is not a valid safetensors file (truncated or corrupted?): {e}") from e
     if "grulab" not in meta:
         raise ValueError(f"{source} is a safetensors file but not a grulab file (no 'grulab' metadata)")
@@ -89,11 +105,19 @@ def decode(data: bytes, source: str = "data") -> tuple[dict[str, torch.Tensor], 
         header = json.loads(meta["grulab"])
     except json.JSONDecodeError as e:
         raise ValueError(f"{source} has a corrupted grulab header: {e}") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{source} has a corrupted grulab header: a JSON object was expected")
     if header.get("format") != FORMAT or not isinstance(header.get("version"), int):
         raise ValueError(f"{source} has an unknown header format {header.get('format')!r}")
     if header["version"] > VERSION:
         raise ValueError(f"{source} was written by a newer grulab (file version {header['version']}, "
                          f"this grulab reads up to {VERSION})")
+    expected = header.pop("sha256", None)  # absent in files written before checksums
+    if expected is not None and expected != tensors_digest(tensors):
+        raise ValueError(f"{source} is corrupted: its tensors do not match the checksum in its header")
+    for key, kind in (("config", dict), ("extra", dict), ("class", str)):
+        if key in header and not isinstance(header[key], kind):
+            raise ValueError(f"{source} has a corrupted grulab header: {key!r} must be a {kind.__name__}")
     return tensors, header
 
 
@@ -144,7 +168,7 @@ def load_with_extra(
     if expect is not None and cls is not expect:
         raise TypeError(f"{path} holds a {cls.__name__}, expected a {expect.__name__}")
     try:
-        model = cls(**header["config"])
+        model = cls(**header.get("config", {}))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path} has a config that {cls.__name__} rejects: {e}") from e
     if header.get("dtype"):

@@ -61,8 +61,7 @@ def float32_under_autocast(forward: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@torch.jit.script
-def gru_scripted(
+def _gru_loop(
     x: Tensor,
     h0: Tensor,
     W: Tensor,
@@ -73,8 +72,7 @@ def gru_scripted(
     reverse: bool,
     lengths: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """One GRU direction as a TorchScript loop (eqs. 1-4), same contract as ``gru_ref``:
-    ``x (T, B, I)``, ``h0 (B, H)``; returns ``(y (T, B, H), h_n (B, H))``."""
+    """The loop :func:`gru_scripted` compiles (TorchScript subset of Python)."""
     T = x.size(0)
     H = h0.size(1)
     a_x = torch.matmul(x, W.t())  # (T, B, 3H) input side of every step at once
@@ -106,6 +104,32 @@ def gru_scripted(
     if reverse:
         ys.reverse()
     return torch.stack(ys), h
+
+
+@functools.cache
+def _compiled_loop() -> Callable[..., tuple[Tensor, Tensor]]:
+    # compiled on first use, not at import; torch marks TorchScript deprecated, but it remains
+    # the format a trace records a loop in, and the one libtorch runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_gru_loop)
+
+
+def gru_scripted(
+    x: Tensor,
+    h0: Tensor,
+    W: Tensor,
+    U: Tensor,
+    b_W: Tensor | None,
+    b_U: Tensor | None,
+    reset_after: bool,
+    reverse: bool,
+    lengths: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """One GRU direction as a TorchScript loop (eqs. 1-4), same contract as ``gru_ref``:
+    ``x (T, B, I)``, ``h0 (B, H)``; returns ``(y (T, B, H), h_n (B, H))``. Called inside
+    ``torch.jit.trace``, the trace records the loop itself, not its unrolled steps."""
+    return _compiled_loop()(x, h0, W, U, b_W, b_U, reset_after, reverse, lengths)
 
 
 def warn_traced_loop(name: str, T: int) -> None:
