@@ -125,3 +125,29 @@ def test_missing_onnx_package_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     with pytest.raises(ImportError, match=r"pip install 'grulab\[onnx\]'"):
         export_onnx(grulab.GRU(2, 3), tmp_path / "x.onnx")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: grulab.GRU(3, 4, num_layers=2, batch_first=True, reset="before"),
+    lambda: SequenceModel("gru", 3, 5, 2, bidirectional=True),
+    lambda: SequenceModel("gru_before", 3, 5, 2, readout="all"),
+])
+def test_export_a_model_file_and_verify_it(tmp_path, make):
+    from grulab import io
+    from grulab.export import export_model_file
+
+    model_path = io.save(make(), tmp_path / "model.safetensors")
+    for lengths in (False, True):
+        path, diff = export_model_file(model_path, tmp_path / "model.onnx", lengths=lengths)
+        print(f"grulab vs ORT on a random input: {diff:.2e}")
+        assert path.is_file() and diff <= ORT_MATCH
+    with pytest.raises(TypeError, match="supports grulab.GRU"):
+        export_model_file(io.save(grulab.MinGRU(2, 3), tmp_path / "min.safetensors"), tmp_path / "min.onnx")
+
+
+def test_verify_notices_a_file_that_is_not_the_model(tmp_path):
+    from grulab.export import verify_onnx
+
+    a, b = grulab.GRU(3, 4), grulab.GRU(3, 4)
+    path = export_onnx(a, tmp_path / "a.onnx")
+    assert verify_onnx(a, path) <= ORT_MATCH and verify_onnx(b, path) > 1e-2

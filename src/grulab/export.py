@@ -231,3 +231,55 @@ def run_onnx(
         feeds["lengths"] = np.asarray(lengths, dtype=np.int64)
     output, h_n = session.run(["output", "h_n"], feeds)
     return output, h_n
+
+
+def _grulab_outputs(model: nn.Module, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """What the exported graph computes, from the grulab model itself: ``(output, h_n)``."""
+    from grulab.models import SequenceModel
+
+    if isinstance(model, SequenceModel):
+        out, h_n = model.forward_with_state(x, h0)
+        if model.readout == "last":
+            out = model(x, hx=h0)
+        return out, h_n
+    return model(x, h0)
+
+
+def verify_onnx(model: nn.Module, path: str | os.PathLike, *, T: int = 16, B: int = 3,
+                seed: int = 0) -> float:
+    """Run ``model`` (in evaluation mode) and the exported file in ONNX Runtime on the same random
+    input and initial state; returns the largest absolute difference over ``output`` and ``h_n``."""
+    gru, _, _ = _exportable_gru(model)
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(T, B, gru.input_size, generator=gen, dtype=dtype)
+    if gru.batch_first:
+        x = x.transpose(0, 1).contiguous()
+    h0 = torch.randn(gru.num_layers * gru.num_directions, B, gru.hidden_size, generator=gen, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ours = _grulab_outputs(model, x, h0)
+    finally:
+        model.train(was_training)
+    onnx = _require("onnx")
+    has_lengths = any(i.name == "lengths" for i in onnx.load(str(path)).graph.input)
+    theirs = run_onnx(path, x.float().numpy(), h0.float().numpy(),
+                      np.full(B, T, dtype=np.int64) if has_lengths else None)
+    return max(float(np.abs(a.float().numpy() - b).max()) for a, b in zip(ours, theirs, strict=True))
+
+
+def export_model_file(model_path: str | os.PathLike, onnx_path: str | os.PathLike, *, lengths: bool = False,
+                      opset: int = DEFAULT_OPSET, verify: bool = True) -> tuple[Path, float | None]:
+    """``grulab export MODEL --onnx OUT``: load a grulab model file (:func:`grulab.io.load`, no
+    pickle), export it (:func:`export_onnx`, in the model's own layout) and, with ``verify``,
+    measure the largest difference between grulab and ONNX Runtime on a random input.
+
+    Returns ``(path written, max |difference|)`` (``None`` without ``verify``).
+    """
+    from grulab import io
+
+    model = io.load(model_path).eval()
+    path = export_onnx(model, onnx_path, lengths=lengths, opset=opset)
+    return path, (verify_onnx(model, path) if verify else None)
