@@ -284,8 +284,8 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
     _gru_bwd_kernel(_np(dy.contiguous()), _np(dh_n.contiguous()), _np(h0.detach().contiguous()), _np(states), _np(z),
                     _np(r), _np(h_tilde), _np(u_h), _np(UT),
                     dummy if after else _np(UT[:, : 2 * H].contiguous()),
-                    dummy if after else _np(UT[:, 2 * H :].contiguous()), _lengths_np(lengths, B, T), reverse, after, _np(da),
-                    _np(du_h), _np(dh0), _chunks(B))
+                    dummy if after else _np(UT[:, 2 * H :].contiguous()), _lengths_np(lengths, B, T), reverse, after,
+                    _np(da), _np(du_h), _np(dh0), _chunks(B))
     D = da.view(T * B, 3 * H)  # (T·B, 3H)
     dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (eq. 13)
     dW = D.t() @ x.detach().reshape(T * B, I) if needs[2] else None  # (eq. 13)
