@@ -27,6 +27,7 @@ from grulab.engine.native import native_run
 from grulab.engine.reference import lstm_ref, rnn_ref
 from grulab.init import check_init, init_direction_
 from grulab.io import register
+from grulab.runtime import float32_under_autocast
 
 State = tuple[Tensor, ...]
 
@@ -236,6 +237,7 @@ class _Recurrent(nn.Module):
         return tuple(self._check_state(n, h, B, batched, x) for n, h in zip(("h_0", "c_0"), hx, strict=True))
 
     # --- forward ------------------------------------------------------------------------------
+    @float32_under_autocast
     def forward(self, input: Tensor | PackedSequence, hx: Any = None, lengths: Any = None) -> tuple[Any, Any]:
         """Run the stack over a sequence.
 
@@ -501,6 +503,7 @@ class GRUCell(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, reset={self.reset!r}"
 
+    @float32_under_autocast
     def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
