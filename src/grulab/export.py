@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from grulab.io import atomic_write_bytes
 
 DEFAULT_OPSET = 17
+ORT_TOLERANCE = 1e-5  # what export promises: ONNX Runtime matches grulab within this (float32)
 _MIN_OPSET = 14  # GRU-14: the last revision of the operator's semantics before type additions
 
 
