@@ -34,6 +34,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from grulab.train.command import main as train_main
+
+    return train_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grulab", description="Gated Recurrent Units: library and lab.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="inspect", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_inspect)
+    from grulab.train.command import add_arguments as add_train_arguments
+
+    p = sub.add_parser("train", help="train RNN/GRU/LSTM on real data (music, text, digits, time series); "
+                       "works under torchrun")
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

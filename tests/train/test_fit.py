@@ -70,7 +70,6 @@ def test_config_unknown_key_fails_loudly():
     (dict(lr=-1.0), "lr must be"),
     (dict(optimizer="adagrad"), "optimizer must be one of"),
     (dict(mode="up"), "mode must be one of"),
-    (dict(patience=3), "patience .* needs monitor"),
     (dict(clip=0.0), "clip must be"),
     (dict(progress=1), "progress must be a bool"),
     (dict(weight_noise=float("nan")), "weight_noise must be"),
@@ -93,6 +92,8 @@ def test_fit_argument_errors(tmp_path):
     model = make_model()
     with pytest.raises(ValueError, match="monitor='mse' needs an evaluate"):
         fit(model, loss_fn, batches, None, quiet(steps=2, monitor="mse"))
+    with pytest.raises(ValueError, match="patience .* needs monitor"):
+        fit(model, loss_fn, batches, evaluate, quiet(steps=2, patience=3))
     with pytest.raises(ValueError, match="resume=True needs a run_dir"):
         fit(model, loss_fn, batches, None, quiet(steps=2), resume=True)
     with pytest.raises(TypeError, match="batches must be"):

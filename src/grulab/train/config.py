@@ -7,19 +7,47 @@ checked when the object is made, so a typo or a wrong type is an error before an
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 MODES = ("min", "max")
+C = TypeVar("C", bound="TypedConfig")
+
+
+class TypedConfig:
+    """Base of the flat, typed configuration dataclasses: fields are checked against their type
+    hints when the object is made (ints are accepted for floats), unknown keys fail loudly."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build from a mapping; a key that is not a field raises ``ValueError`` naming it."""
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed (checked like a new config; unknown keys fail)."""
+        return self.from_dict({**self.to_dict(), **changes})
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TypedConfig):
     """How to train: budget, optimiser, regularisation, evaluation, early stopping, checkpoints.
 
     Args:
@@ -38,7 +66,8 @@ class TrainConfig:
         monitor: the metric of ``evaluate`` that decides the best model and early stopping
             (``None``: the final model is the result, no early stopping).
         mode: ``"min"`` if a smaller ``monitor`` is better, ``"max"`` otherwise.
-        patience: stop after this many evaluations without improvement (``None``: never).
+        patience: stop after this many evaluations without improvement (``None``: never); needs
+            ``monitor`` (``grulab train`` fills it with the task's validation metric).
         min_delta: an improvement must beat the best value by more than this.
         restore_best: load the best weights into the model at the end (needs ``monitor``).
         seed: seeds the model's random draws during training (dropout, weight noise).
@@ -70,9 +99,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        super().__post_init__()
         for name in ("steps", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -94,26 +121,54 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS!r}, got {self.optimizer!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES!r}, got {self.mode!r}")
-        if self.patience is not None and self.monitor is None:
-            raise ValueError("patience (early stopping) needs monitor: the name of a metric returned by evaluate")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a mapping; a key that is not a field raises ``ValueError`` naming it."""
-        if not isinstance(data, dict):
-            raise TypeError(f"TrainConfig.from_dict needs a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+@dataclass
+class RunConfig(TypedConfig):
+    """What ``grulab train`` trains: the data, the model, the batch size.
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (checked like a new config; unknown keys fail)."""
-        return self.from_dict({**self.to_dict(), **changes})
+    Args:
+        data: a task name of :data:`grulab.tasks.registry.DATA` (``"jsb"``, ``"text"``, ...).
+        data_path: where the polyphonic ``.mat`` files are (music only; default: ``$GRULAB_DATA``,
+            then ``../shared/data``).
+        seq_len: music: crop training sequences to this many frames; text and forecasting:
+            training window length (``None``: the task's default).
+        horizon: forecasting: steps ahead (``None``: one season).
+        cell: ``"rnn"`` (tanh), ``"gru"`` (reset after, the seed's candidate), ``"gru_before"``,
+            ``"lstm"``, or another name in :data:`grulab.models.CELLS`.
+        hidden: hidden units per layer; ``None``: chosen so the model has about ``params``
+            parameters (:func:`grulab.models.hidden_for_budget`).
+        params: the parameter budget used when ``hidden`` is ``None``.
+        num_layers, dropout, init, backend: passed to :class:`grulab.models.SequenceModel`.
+        batch_size: the global batch (sequences per optimiser step, over all processes).
+    """
+
+    data: str = "jsb"
+    data_path: str | None = None
+    seq_len: int | None = None
+    horizon: int | None = None
+    cell: str = "gru"
+    hidden: int | None = None
+    params: int | None = 20_000
+    num_layers: int = 1
+    dropout: float = 0.0
+    init: str = "pytorch"
+    backend: str = "auto"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden is None and self.params is None:
+            raise ValueError("give hidden (units) or params (a parameter budget)")
+        for name in ("hidden", "params", "seq_len", "horizon"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        for name in ("num_layers", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
@@ -145,6 +200,14 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"{name} must be a {kind}, got {value!r} ({type(value).__name__})")
 
 
-def config_fields() -> tuple[dataclasses.Field, ...]:
-    """The fields of :class:`TrainConfig` (for command-line flags built from them)."""
-    return fields(TrainConfig)
+def field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """``{field: (type, optional)}`` of a config dataclass (for command-line flags built from it)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in fields(cls):
+        hint, optional = hints[f.name], False
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            optional, hint = len(args) < len(typing.get_args(hint)), args[0]
+        out[f.name] = (hint, optional)
+    return out

@@ -247,6 +247,8 @@ def fit(
         raise TypeError("evaluate must be callable evaluate(model) -> dict[str, float], or None")
     if cfg.monitor is not None and evaluate is None:
         raise ValueError(f"monitor={cfg.monitor!r} needs an evaluate function")
+    if cfg.patience is not None and cfg.monitor is None:
+        raise ValueError("patience (early stopping) needs monitor: the name of a metric returned by evaluate")
     if resume and run_dir is None:
         raise ValueError("resume=True needs a run_dir holding the checkpoint")
     info = dist_info()
