@@ -360,7 +360,7 @@ class GRU(_Recurrent):
 
     family = "gru"
     gates = 3
-    backends = BACKENDS
+    backends = (*BACKENDS, "native")
     _family_config = ("reset",)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -369,13 +369,41 @@ class GRU(_Recurrent):
         self.reset = check_reset(reset)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          **kwargs)
+        if self.backend == "native" and self.reset != "after":
+            raise ValueError("backend='native' runs PyTorch's kernel, which only has the reset='after' candidate")
 
     def _extra_repr_family(self) -> str:
         return f", reset={self.reset!r}"
 
+    def stream(self, batch_size: int = 1) -> Any:
+        """A :class:`grulab.engine.stream.GRUStream` for step-by-step inference (weights copied now)."""
+        from grulab.engine.stream import GRUStream
+
+        return GRUStream(self, batch_size)
+
+    def _native(self, x: Tensor, lengths: Tensor | None) -> bool:
+        """PyTorch's fused kernel (cuDNN on CUDA) through the exact conversion of grulab.interop."""
+        if lengths is not None and bool((lengths == 0).any()):
+            return False  # PyTorch cannot pack an empty sequence
+        if self.backend == "native":
+            return True
+        return self.backend == "auto" and x.device.type == "cuda" and self.reset == "after"
+
+    def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if not self._native(x, lengths):
+            return super()._run(x, state, lengths)
+        from grulab.interop import gru_to_torch_layout
+
+        weights = [gru_to_torch_layout(p) for layer in range(self.num_layers) for d in range(self.num_directions)
+                   for p in self.direction_parameters(layer, d) if p is not None]
+        return native_run("gru", x, state, weights, bias=self.bias, num_layers=self.num_layers,
+                          dropout=self.dropout, training=self.training, bidirectional=self.bidirectional,
+                          lengths=lengths)
+
     def _direction(self, x, state0, params, lengths, reverse):  # noqa: ANN001
+        backend = "auto" if self.backend == "native" else self.backend
         y, h_n = gru_sequence(x, state0[0], *params, reset=self.reset, lengths=lengths, reverse=reverse,
-                              backend=self.backend)
+                              backend=backend)
         return y, (h_n,)
 
 

@@ -1,0 +1,75 @@
+"""Streaming inference and the native (PyTorch kernel) backend."""
+
+import numpy as np
+import pytest
+import torch
+
+import grulab
+from tests.tolerances import assert_close
+
+
+@pytest.mark.parametrize("reset", ["after", "before"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("layers, B", [(1, 1), (3, 4)])
+def test_stream_matches_the_whole_sequence(reset, dtype, tol, layers, B):
+    gru = grulab.GRU(5, 7, num_layers=layers, reset=reset, dtype=dtype)
+    x = torch.randn(30, B, 5, dtype=dtype)
+    with torch.no_grad():
+        y, h_n = gru(x)
+    s = gru.stream(batch_size=B)
+    outs = [s.step(x[t]).clone() for t in range(30)]
+    assert_close("outputs", torch.stack(outs), y, tol)
+    assert_close("state", s.state, h_n, tol)
+
+
+def test_stream_state_read_set_reset_and_numpy_input():
+    gru = grulab.GRU(3, 4, num_layers=2)
+    s = gru.stream()
+    x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    for x_t in x[:5]:
+        s.step(x_t)
+    saved = s.state
+    a = torch.stack([s.step(x_t).clone() for x_t in x[5:]])
+    s.state = saved
+    b = torch.stack([s.step(torch.from_numpy(x_t)).clone() for x_t in x[5:]])
+    assert torch.equal(a, b) and a.shape == (5, 4)
+    s.reset()
+    assert torch.count_nonzero(s.state) == 0
+    y, _ = gru(torch.from_numpy(x))
+    s.reset()
+    assert_close("after reset", torch.stack([s.step(x_t).clone() for x_t in x]), y, 2e-6)
+
+
+def test_stream_errors():
+    with pytest.raises(ValueError, match="unidirectional"):
+        grulab.GRU(3, 4, bidirectional=True).stream()
+    s = grulab.GRU(3, 4).stream(batch_size=2)
+    with pytest.raises(ValueError, match=r"x_t must have shape \(2, 3\)"):
+        s.step(torch.zeros(3))
+    with pytest.raises(TypeError, match="floating point"):
+        s.step(np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="state must have shape"):
+        s.state = torch.zeros(1, 1, 4)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        grulab.GRU(3, 4).stream(batch_size=0)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_native_backend_matches_the_fused_engine(bidirectional):
+    torch.manual_seed(0)
+    ours = grulab.GRU(4, 6, num_layers=2, bidirectional=bidirectional, dtype=torch.float64)
+    native = grulab.GRU(4, 6, num_layers=2, bidirectional=bidirectional, backend="native", dtype=torch.float64)
+    native.load_state_dict(ours.state_dict())
+    x = torch.randn(9, 3, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([9, 4, 6])
+    for L in (None, lengths, torch.tensor([9, 0, 6])):
+        ya, ha = ours(x, lengths=L)
+        yb, hb = native(x, lengths=L)
+        assert_close("y", yb, ya, 1e-12)
+        assert_close("h_n", hb, ha, 1e-12)
+        ga = torch.autograd.grad((ya.sum() + ha.sum()), [x, *ours.parameters()])
+        gb = torch.autograd.grad((yb.sum() + hb.sum()), [x, *native.parameters()])
+        for a, b in zip(ga, gb, strict=True):
+            assert_close("grad", b, a, 1e-10, relative=True)
+    with pytest.raises(ValueError, match="only has the reset='after' candidate"):
+        grulab.GRU(4, 6, reset="before", backend="native")
