@@ -167,3 +167,19 @@ def test_bad_probabilities():
             RegularizedGRU(2, 3, **{name: 1.0})
     with pytest.raises(ValueError, match="g_W and g_U must be given together"):
         variant_gru_ref(torch.zeros(2, 1, 2), torch.zeros(1, 3), *_params(2, 3), g_W=torch.ones(9))
+
+
+def test_torch_interop():
+    ref = torch.nn.GRU(3, 4, num_layers=2)
+    m = RegularizedGRU.from_torch(ref, recurrent_dropout=0.2).eval()
+    x = torch.randn(5, 2, 3)
+    assert m.recurrent_dropout == 0.2
+    assert_close("from torch.nn.GRU", m(x)[0], ref(x)[0], 1e-6)
+    back = m.to_torch()
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ref.state_dict().values(), strict=True))
+    with pytest.raises(TypeError, match="no torch.nn equivalent"):
+        LayerNormGRU.from_torch(ref)
+    with pytest.raises(ValueError, match="no plain-GRU equivalent"):
+        LayerNormGRU(3, 4).to_torch()
+    with pytest.raises(TypeError, match="no torch.nn equivalent"):
+        grulab.MinGRU(3, 4).to_torch()

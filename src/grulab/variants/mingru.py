@@ -167,6 +167,13 @@ class MinGRU(_Recurrent):
         y, h_n = ENGINES[backend](x, state0[0], *params, lengths=lengths, reverse=reverse)
         return y, (h_n,)
 
+    @classmethod
+    def from_torch(cls, module: nn.Module, **kwargs: Any) -> MinGRU:
+        raise TypeError("MinGRU has no torch.nn equivalent to convert from")
+
+    def to_torch(self) -> nn.Module:
+        raise TypeError("MinGRU has no torch.nn equivalent to convert to")
+
     def step(self, x: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One time step for streaming inference: ``x (B, I)`` (or ``(I,)``), ``hx (L, B, H)``.
 

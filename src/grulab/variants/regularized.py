@@ -202,6 +202,20 @@ class RegularizedGRU(_Recurrent):
         gru.load_state_dict(self.state_dict())
         return gru.train(self.training)
 
+    @classmethod
+    def from_torch(cls, module: nn.Module, **kwargs: Any) -> RegularizedGRU:
+        """A copy of a ``torch.nn.GRU``'s weights (exact, :mod:`grulab.interop`) with the
+        regularisers given in ``kwargs`` (``zoneout=``, ``recurrent_dropout=``, ...)."""
+        gru = GRU.from_torch(module)
+        ref = gru.W_l0
+        out = cls(**{**gru.config(), **kwargs}, device=ref.device, dtype=ref.dtype)
+        out.load_state_dict(gru.state_dict())
+        return out
+
+    def to_torch(self) -> nn.Module:
+        """The ``torch.nn.GRU`` of :meth:`as_gru` (evaluation form; zoneout must be 0)."""
+        return self.as_gru().to_torch()
+
 
 @register
 class LayerNormGRU(RegularizedGRU):
@@ -264,6 +278,10 @@ class LayerNormGRU(RegularizedGRU):
 
     def _variant_kwargs(self, params: tuple) -> dict[str, Any]:
         return {"g_W": params[4], "g_U": params[5], "eps": self.eps}
+
+    @classmethod
+    def from_torch(cls, module: nn.Module, **kwargs: Any) -> LayerNormGRU:
+        raise TypeError("a LayerNormGRU has no torch.nn equivalent (torch.nn.GRU has no layer normalisation)")
 
     @property
     def onnx_unsupported(self) -> str | None:
