@@ -40,6 +40,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from grulab.export import ORT_TOLERANCE, export_model_file
+
+    path, diff = export_model_file(args.model, args.onnx, lengths=args.lengths, opset=args.opset,
+                                   verify=not args.no_verify)
+    print(f"wrote {path}")
+    if diff is not None:
+        verdict = "ok" if diff <= ORT_TOLERANCE else "MISMATCH"
+        print(f"ONNX Runtime vs grulab on a random input: max |diff| = {diff:.2e} ({verdict}, "
+              f"tolerance {ORT_TOLERANCE:.0e})")
+        return 0 if diff <= ORT_TOLERANCE else 1
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from grulab.bench import BenchConfig, run_bench
+
+    cases = tuple(args.cases.split(",")) if args.cases else BenchConfig.cases
+    cfg = BenchConfig(quick=args.quick, repeats=args.repeats, cases=cases, out_dir=args.out, threads=args.threads)
+    run_bench(cfg, update_readme_path=args.update_readme)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grulab", description="Gated Recurrent Units: library and lab.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "works under torchrun")
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("bench", help="time grulab against torch.nn.GRU and ONNX Runtime in one process")
+    p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run of every case (seconds)")
+    p.add_argument("--repeats", type=int, default=15, help="alternating timed rounds per case")
+    p.add_argument("--cases", default="", help="comma-separated subset of streaming,inference,training,mingru")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and Markdown results")
+    p.add_argument("--threads", type=int, default=None, help="threads for every contestant (default: torch's)")
+    p.add_argument("--update-readme", metavar="README", default=None,
+                   help="replace the README's bench section with the new table")
+    p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("export", help="export a grulab model file (GRU or SequenceModel) to ONNX")
+    p.add_argument("model", help="a model file written by grulab.io.save (.safetensors)")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--lengths", action="store_true", help="add an int64 lengths (B,) input for padded batches")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 14)")
+    p.add_argument("--no-verify", action="store_true", help="skip the check against ONNX Runtime")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -17,7 +17,7 @@ TINY = dict(data="digits-row", hidden=8, params=None, batch_size=16)
 
 
 def quick(**kw) -> TrainConfig:
-    return TrainConfig(**{"steps": 12, "eval_every": 6, "log_every": 3, "progress": False, **kw})
+    return TrainConfig(**{"steps": 12, "eval_every": 6, "log_every": 3, "progress": False, "threads": 1, **kw})
 
 
 def test_train_run_writes_scores_files_and_model(tmp_path):
@@ -96,7 +96,8 @@ def test_results_section_between_markers(tmp_path):
 def test_cli_train_flags_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", "digits-row", "--cell", "gru", "--hidden", "8", "--steps", "8", "--eval-every", "4",
-            "--checkpoint-every", "4", "--no-progress", "--out", str(out), "--batch-size", "8", "--clip", "none"]
+            "--checkpoint-every", "4", "--no-progress", "--threads", "1", "--out", str(out), "--batch-size", "8",
+            "--clip", "none"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "gru on digits-row" in text and "class prior" in text
@@ -112,7 +113,7 @@ def test_cli_train_flags_and_resume(tmp_path, capsys):
 def test_cli_config_file_preset_and_errors(tmp_path, capsys):
     cfg = tmp_path / "run.toml"
     cfg.write_text('data = "digits-row"\ncell = "rnn"\nhidden = 6\nbatch_size = 8\n\n[train]\nsteps = 4\n'
-                   'eval_every = 2\nprogress = false\nweight_noise = 0.01\n')
+                   'eval_every = 2\nprogress = false\nweight_noise = 0.01\nthreads = 1\n')
     out = tmp_path / "a"
     assert main(["train", "--config", str(cfg), "--out", str(out), "--lr", "0.01"]) == 0
     saved = json.loads((out / "config.json").read_text())
@@ -134,6 +135,7 @@ def test_cli_grid_and_summarize(tmp_path, capsys):
     out = tmp_path / "grid"
     md = tmp_path / "results.md"
     args = ["train", "--data", "digits-row", "--params", "400", "--steps", "4", "--eval-every", "2", "--no-progress",
+            "--threads", "1",
             "--batch-size", "8", "--cells", "rnn", "--seeds", "3", "--out", str(out), "--results-md", str(md)]
     assert main(args) == 0
     assert "tanh RNN" in capsys.readouterr().out

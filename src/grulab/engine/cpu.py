@@ -53,163 +53,186 @@ def _tanh_impl(x):  # noqa: ANN001, ANN202
 
 
 # ----------------------------------------------------------------------------------- forward
-@numba.njit(parallel=True, **FLAGS)
-def _gru_fwd_kernel(xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s, r_s, ht_s,
-                    uh_s, h_n, nchunks):  # noqa: ANN001, ANN201
-    """Recurrent loop of eqs. (1)-(4). ``xp`` (T, B, 3H) holds ``W x + b_W``; writes ``y``, ``h_n``
-    and, when asked, ``states`` (the carried state) and the gates ``z, r, h_tilde, u_h``."""
-    T, B = xp.shape[0], xp.shape[1]
+@numba.njit(**FLAGS)
+def _gru_fwd_rows(b0, b1, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s, r_s,
+                  ht_s, uh_s, h_n):  # noqa: ANN001, ANN201
+    """Recurrent loop of eqs. (1)-(4) for batch rows ``b0:b1``. ``xp`` (T, B, 3H) holds ``W x + b_W``;
+    writes ``y``, ``h_n`` and, when asked, ``states`` (the carried state) and the gates."""
+    T = xp.shape[0]
     H = h0.shape[1]
-    for c in prange(nchunks):
-        b0 = c * B // nchunks
-        b1 = (c + 1) * B // nchunks
-        nb = b1 - b0
-        h = h0[b0:b1].copy()  # (nb, H) carried state
-        u = np.empty((nb, 3 * H if after else 2 * H), h.dtype)  # recurrent pre-activations
-        z = np.empty((nb, H), h.dtype)
-        r = np.empty((nb, H), h.dtype)
-        rh = np.empty((nb, H), h.dtype)
-        uh = np.empty((nb, H), h.dtype)
-        U_zr = U[: 2 * H]
-        U_h = U[2 * H :]
-        for s in range(T):
-            t = T - 1 - s if reverse else s
-            gemm_nt(h, U if after else U_zr, u)  # (nb, 3H|2H) = h_prev U^T
-            for bb in range(nb):
-                b = b0 + bb
-                x_t = xp[t, b]
-                if t >= lengths[b]:
-                    continue
-                for k in range(H):
-                    z[bb, k] = sigmoid(x_t[k] + u[bb, k] + b_U[k])  # (eq. 1)
-                    r[bb, k] = sigmoid(x_t[H + k] + u[bb, H + k] + b_U[H + k])  # (eq. 2)
-                    if after:
-                        uh[bb, k] = u[bb, 2 * H + k] + b_U[2 * H + k]  # (eq. 3a)
-                    else:
-                        rh[bb, k] = r[bb, k] * h[bb, k]
-            if not after:
-                gemm_nt(rh, U_h, uh)  # (eq. 3b) U_h (r * h_prev)
-            for bb in range(nb):
-                b = b0 + bb
-                x_t = xp[t, b]
-                if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
-                    for k in range(H):
-                        y[t, b, k] = 0.0
-                    if save_states:
-                        for k in range(H):
-                            states[t, b, k] = h[bb, k]
-                    if save_gates:  # zero, as the reference records them (and 0 * garbage is not 0)
-                        for k in range(H):
-                            z_s[t, b, k] = 0.0
-                            r_s[t, b, k] = 0.0
-                            ht_s[t, b, k] = 0.0
-                            uh_s[t, b, k] = 0.0
-                    continue
-                for k in range(H):
-                    if after:
-                        a_h = x_t[2 * H + k] + r[bb, k] * uh[bb, k]  # (eq. 3a)
-                    else:
-                        uh[bb, k] += b_U[2 * H + k]
-                        a_h = x_t[2 * H + k] + uh[bb, k]  # (eq. 3b)
-                    h_tilde = tanh(a_h)  # (eq. 3)
-                    h_new = h[bb, k] + z[bb, k] * (h_tilde - h[bb, k])  # (eq. 4), rewritten
-                    h[bb, k] = h_new
-                    y[t, b, k] = h_new
-                    if save_states:
-                        states[t, b, k] = h_new
-                    if save_gates:
-                        z_s[t, b, k] = z[bb, k]
-                        r_s[t, b, k] = r[bb, k]
-                        ht_s[t, b, k] = h_tilde
-                        uh_s[t, b, k] = uh[bb, k]
+    nb = b1 - b0
+    h = h0[b0:b1].copy()  # (nb, H) carried state
+    u = np.empty((nb, 3 * H if after else 2 * H), h.dtype)  # recurrent pre-activations
+    z = np.empty((nb, H), h.dtype)
+    r = np.empty((nb, H), h.dtype)
+    rh = np.empty((nb, H), h.dtype)
+    uh = np.empty((nb, H), h.dtype)
+    U_zr = U[: 2 * H]
+    U_h = U[2 * H :]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        gemm_nt(h, U if after else U_zr, u)  # (nb, 3H|2H) = h_prev U^T
         for bb in range(nb):
+            b = b0 + bb
+            x_t = xp[t, b]
+            if t >= lengths[b]:
+                continue
             for k in range(H):
-                h_n[b0 + bb, k] = h[bb, k]
+                z[bb, k] = sigmoid(x_t[k] + u[bb, k] + b_U[k])  # (eq. 1)
+                r[bb, k] = sigmoid(x_t[H + k] + u[bb, H + k] + b_U[H + k])  # (eq. 2)
+                if after:
+                    uh[bb, k] = u[bb, 2 * H + k] + b_U[2 * H + k]  # (eq. 3a)
+                else:
+                    rh[bb, k] = r[bb, k] * h[bb, k]
+        if not after:
+            gemm_nt(rh, U_h, uh)  # (eq. 3b) U_h (r * h_prev)
+        for bb in range(nb):
+            b = b0 + bb
+            x_t = xp[t, b]
+            if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
+                for k in range(H):
+                    y[t, b, k] = 0.0
+                if save_states:
+                    for k in range(H):
+                        states[t, b, k] = h[bb, k]
+                if save_gates:  # zero, as the reference records them (and 0 * garbage is not 0)
+                    for k in range(H):
+                        z_s[t, b, k] = 0.0
+                        r_s[t, b, k] = 0.0
+                        ht_s[t, b, k] = 0.0
+                        uh_s[t, b, k] = 0.0
+                continue
+            for k in range(H):
+                if after:
+                    a_h = x_t[2 * H + k] + r[bb, k] * uh[bb, k]  # (eq. 3a)
+                else:
+                    uh[bb, k] += b_U[2 * H + k]
+                    a_h = x_t[2 * H + k] + uh[bb, k]  # (eq. 3b)
+                h_tilde = tanh(a_h)  # (eq. 3)
+                h_new = h[bb, k] + z[bb, k] * (h_tilde - h[bb, k])  # (eq. 4), rewritten
+                h[bb, k] = h_new
+                y[t, b, k] = h_new
+                if save_states:
+                    states[t, b, k] = h_new
+                if save_gates:
+                    z_s[t, b, k] = z[bb, k]
+                    r_s[t, b, k] = r[bb, k]
+                    ht_s[t, b, k] = h_tilde
+                    uh_s[t, b, k] = uh[bb, k]
+    for bb in range(nb):
+        for k in range(H):
+            h_n[b0 + bb, k] = h[bb, k]
+
+
+@numba.njit(parallel=True, **FLAGS)
+def _gru_fwd_parallel(nchunks, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s,
+                      r_s, ht_s, uh_s, h_n):  # noqa: ANN001, ANN201
+    """``_gru_fwd_rows`` on ``nchunks`` chunks of rows, one per thread (rows never interact)."""
+    B = xp.shape[1]
+    for c in prange(nchunks):
+        _gru_fwd_rows(c * B // nchunks, (c + 1) * B // nchunks, xp, h0, U, b_U, lengths, reverse, after,
+                      save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n)
 
 
 # ---------------------------------------------------------------------------------- backward
-@numba.njit(parallel=True, **FLAGS)
-def _gru_bwd_kernel(dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, UT_h, lengths, reverse, after,
-                    da, du_h, dh0, nchunks):  # noqa: ANN001, ANN201
-    """Recurrent loop of eqs. (5)-(12), from the last processed step to the first. Writes the gate
-    pre-activation gradients ``da`` (T, B, 3H) = [da_z, da_r, da_h], ``du_h`` (reset="after") and
-    ``dh0``. ``UT`` is U^T (H, 3H); ``UT_zr``, ``UT_h`` its blocks (H, 2H) and (H, H)."""
-    T, B = dy.shape[0], dy.shape[1]
+@numba.njit(**FLAGS)
+def _gru_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, UT_h, lengths, reverse, after,
+                  da, du_h, dh0):  # noqa: ANN001, ANN201
+    """Recurrent loop of eqs. (5)-(12) for batch rows ``b0:b1``, from the last processed step to the
+    first. Writes the gate pre-activation gradients ``da`` (T, B, 3H) = [da_z, da_r, da_h],
+    ``du_h`` (reset="after") and ``dh0``. ``UT`` is U^T (H, 3H); ``UT_zr``, ``UT_h`` its blocks."""
+    T = dy.shape[0]
     H = h0.shape[1]
-    for c in prange(nchunks):
-        b0 = c * B // nchunks
-        b1 = (c + 1) * B // nchunks
-        nb = b1 - b0
-        carry = dh_n[b0:b1].copy()  # dL/dh flowing back into the current step
-        g = np.zeros((nb, 3 * H if after else 2 * H), carry.dtype)  # recurrent-side gradients
-        dh_prev = np.empty((nb, H), carry.dtype)
-        tmp = np.empty((nb, H), carry.dtype)
-        dah = np.zeros((nb, H), carry.dtype)
-        drh = np.empty((nb, H), carry.dtype)
-        for s in range(T):
-            t = s if reverse else T - 1 - s
-            tp = t + 1 if reverse else t - 1  # the step that produced h_prev
+    nb = b1 - b0
+    carry = dh_n[b0:b1].copy()  # dL/dh flowing back into the current step
+    g = np.zeros((nb, 3 * H if after else 2 * H), carry.dtype)  # recurrent-side gradients
+    dh_prev = np.empty((nb, H), carry.dtype)
+    tmp = np.empty((nb, H), carry.dtype)
+    dah = np.zeros((nb, H), carry.dtype)
+    drh = np.empty((nb, H), carry.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp = t + 1 if reverse else t - 1  # the step that produced h_prev
+        for bb in range(nb):
+            b = b0 + bb
+            if t >= lengths[b]:  # skipped: identity on the state, no parameter gradient
+                for q in range(g.shape[1]):
+                    g[bb, q] = 0.0
+                for k in range(H):
+                    dh_prev[bb, k] = carry[bb, k]
+                    da[t, b, k] = 0.0
+                    da[t, b, H + k] = 0.0
+                    da[t, b, 2 * H + k] = 0.0
+                    dah[bb, k] = 0.0
+                    if after:
+                        du_h[t, b, k] = 0.0
+                continue
+            for k in range(H):
+                h_prev = states[tp, b, k] if 0 <= tp < T else h0[b, k]
+                z = z_s[t, b, k]
+                r = r_s[t, b, k]
+                h_tilde = ht_s[t, b, k]
+                dh = carry[bb, k] + dy[t, b, k]
+                dh_tilde = dh * z  # (eq. 5)
+                dz = dh * (h_tilde - h_prev)  # (eq. 6)
+                dh_prev[bb, k] = dh * (1.0 - z)  # (eq. 7)
+                da_h = dh_tilde * (1.0 - h_tilde * h_tilde)  # (eq. 8)
+                da_z = dz * z * (1.0 - z)  # (eq. 9)
+                da[t, b, k] = da_z
+                da[t, b, 2 * H + k] = da_h
+                g[bb, k] = da_z
+                if after:
+                    dr = da_h * uh_s[t, b, k]  # (eq. 10a)
+                    d_uh = da_h * r  # (eq. 10a)
+                    du_h[t, b, k] = d_uh
+                    g[bb, 2 * H + k] = d_uh
+                    da_r = dr * r * (1.0 - r)  # (eq. 11)
+                    da[t, b, H + k] = da_r
+                    g[bb, H + k] = da_r
+                else:
+                    dah[bb, k] = da_h  # (eq. 10b) du_h = da_h
+        if after:
+            gemm_nt(g, UT, tmp)  # (eqs. 10a, 12) U^T [da_z; da_r; du_h]
+        else:
+            gemm_nt(dah, UT_h, drh)  # (eq. 10b) d(r*h) = U_h^T da_h
             for bb in range(nb):
                 b = b0 + bb
-                if t >= lengths[b]:  # skipped: identity on the state, no parameter gradient
-                    for q in range(g.shape[1]):
-                        g[bb, q] = 0.0
-                    for k in range(H):
-                        dh_prev[bb, k] = carry[bb, k]
-                        da[t, b, k] = 0.0
-                        da[t, b, H + k] = 0.0
-                        da[t, b, 2 * H + k] = 0.0
-                        dah[bb, k] = 0.0
-                        if after:
-                            du_h[t, b, k] = 0.0
+                if t >= lengths[b]:
                     continue
                 for k in range(H):
                     h_prev = states[tp, b, k] if 0 <= tp < T else h0[b, k]
-                    z = z_s[t, b, k]
                     r = r_s[t, b, k]
-                    h_tilde = ht_s[t, b, k]
-                    dh = carry[bb, k] + dy[t, b, k]
-                    dh_tilde = dh * z  # (eq. 5)
-                    dz = dh * (h_tilde - h_prev)  # (eq. 6)
-                    dh_prev[bb, k] = dh * (1.0 - z)  # (eq. 7)
-                    da_h = dh_tilde * (1.0 - h_tilde * h_tilde)  # (eq. 8)
-                    da_z = dz * z * (1.0 - z)  # (eq. 9)
-                    da[t, b, k] = da_z
-                    da[t, b, 2 * H + k] = da_h
-                    g[bb, k] = da_z
-                    if after:
-                        dr = da_h * uh_s[t, b, k]  # (eq. 10a)
-                        d_uh = da_h * r  # (eq. 10a)
-                        du_h[t, b, k] = d_uh
-                        g[bb, 2 * H + k] = d_uh
-                        da_r = dr * r * (1.0 - r)  # (eq. 11)
-                        da[t, b, H + k] = da_r
-                        g[bb, H + k] = da_r
-                    else:
-                        dah[bb, k] = da_h  # (eq. 10b) du_h = da_h
-            if after:
-                gemm_nt(g, UT, tmp)  # (eqs. 10a, 12) U^T [da_z; da_r; du_h]
-            else:
-                gemm_nt(dah, UT_h, drh)  # (eq. 10b) d(r*h) = U_h^T da_h
-                for bb in range(nb):
-                    b = b0 + bb
-                    if t >= lengths[b]:
-                        continue
-                    for k in range(H):
-                        h_prev = states[tp, b, k] if 0 <= tp < T else h0[b, k]
-                        r = r_s[t, b, k]
-                        dr = drh[bb, k] * h_prev  # (eq. 10b)
-                        dh_prev[bb, k] += drh[bb, k] * r  # (eq. 10b)
-                        da_r = dr * r * (1.0 - r)  # (eq. 11)
-                        da[t, b, H + k] = da_r
-                        g[bb, H + k] = da_r
-                gemm_nt(g, UT_zr, tmp)  # (eq. 12) U_z^T da_z + U_r^T da_r
-            for bb in range(nb):
-                for k in range(H):
-                    carry[bb, k] = dh_prev[bb, k] + tmp[bb, k]  # (eq. 12)
+                    dr = drh[bb, k] * h_prev  # (eq. 10b)
+                    dh_prev[bb, k] += drh[bb, k] * r  # (eq. 10b)
+                    da_r = dr * r * (1.0 - r)  # (eq. 11)
+                    da[t, b, H + k] = da_r
+                    g[bb, H + k] = da_r
+            gemm_nt(g, UT_zr, tmp)  # (eq. 12) U_z^T da_z + U_r^T da_r
         for bb in range(nb):
             for k in range(H):
-                dh0[b0 + bb, k] = carry[bb, k]
+                carry[bb, k] = dh_prev[bb, k] + tmp[bb, k]  # (eq. 12)
+    for bb in range(nb):
+        for k in range(H):
+            dh0[b0 + bb, k] = carry[bb, k]
+
+
+@numba.njit(parallel=True, **FLAGS)
+def _gru_bwd_parallel(nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, UT_h, lengths, reverse,
+                      after, da, du_h, dh0):  # noqa: ANN001, ANN201
+    """``_gru_bwd_rows`` on ``nchunks`` chunks of rows, one per thread."""
+    B = dy.shape[1]
+    for c in prange(nchunks):
+        _gru_bwd_rows(c * B // nchunks, (c + 1) * B // nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT,
+                      UT_zr, UT_h, lengths, reverse, after, da, du_h, dh0)
+
+
+def _launch(rows_fn, parallel_fn, B: int, *args) -> None:  # noqa: ANN001
+    """Run a rows kernel over the whole batch: serially (no thread-pool round trip) for one chunk."""
+    n = _chunks(B)
+    if n == 1:
+        rows_fn(0, B, *args)
+    else:
+        parallel_fn(n, *args)
 
 
 # ---------------------------------------------------------------------------------- launchers
@@ -253,9 +276,9 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     save_gates = training and not recompute
     gate_shape = (T, B, H) if save_gates else (1, 1, 1)
     z, r, h_tilde, u_h = (_empty(gate_shape, x) for _ in range(4))
-    _gru_fwd_kernel(_np(xp), _np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_),
-                    _lengths_np(lengths, B, T), reverse, reset == "after", save_states, save_gates, _np(y),
-                    _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(h_n), _chunks(B))
+    _launch(_gru_fwd_rows, _gru_fwd_parallel, B, _np(xp), _np(h0.detach().contiguous()),
+            _np(U.detach().contiguous()), _np(b_U_), _lengths_np(lengths, B, T), reverse, reset == "after",
+            save_states, save_gates, _np(y), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(h_n))
     if not training:
         return y, h_n, ()
     if not save_states:
@@ -281,11 +304,10 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
     da = _empty((T, B, 3 * H), x)
     du_h = _empty((T, B, H) if after else (1, 1, 1), x)
     dh0 = _empty((B, H), x)
-    _gru_bwd_kernel(_np(dy.contiguous()), _np(dh_n.contiguous()), _np(h0.detach().contiguous()), _np(states), _np(z),
-                    _np(r), _np(h_tilde), _np(u_h), _np(UT),
-                    dummy if after else _np(UT[:, : 2 * H].contiguous()),
-                    dummy if after else _np(UT[:, 2 * H :].contiguous()), _lengths_np(lengths, B, T), reverse, after,
-                    _np(da), _np(du_h), _np(dh0), _chunks(B))
+    _launch(_gru_bwd_rows, _gru_bwd_parallel, B, _np(dy.contiguous()), _np(dh_n.contiguous()),
+            _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(UT),
+            dummy if after else _np(UT[:, : 2 * H].contiguous()), dummy if after else _np(UT[:, 2 * H :].contiguous()),
+            _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0))
     D = da.view(T * B, 3 * H)  # (T·B, 3H)
     dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (eq. 13)
     dW = D.t() @ x.detach().reshape(T * B, I) if needs[2] else None  # (eq. 13)

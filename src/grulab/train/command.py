@@ -26,8 +26,8 @@ from grulab.train.config import RunConfig, TrainConfig, field_types
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "chung2014": {
         "run": {"params": 20_000, "num_layers": 1, "batch_size": 16},
-        "train": {"optimizer": "rmsprop", "lr": 1e-3, "clip": 1.0, "weight_noise": 0.075, "steps": 3000,
-                  "eval_every": 50, "patience": 10, "log_every": 10, "checkpoint_every": 500},
+        "train": {"optimizer": "rmsprop", "lr": 1e-3, "clip": 1.0, "weight_noise": 0.075, "steps": 5000,
+                  "eval_every": 50, "patience": 20, "log_every": 10, "checkpoint_every": 500, "threads": 1},
     },
 }
 

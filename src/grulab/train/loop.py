@@ -16,6 +16,7 @@ Run directory layout (``run_dir``)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -38,7 +39,7 @@ from grulab.train.distributed import DistInfo, all_mean, broadcast_json, dist_in
 CONFIG_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE = (
     "config.json", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors")
 # fields that may change between an interrupted run and its resumption without changing its result
-RESUMABLE_CHANGES = frozenset({"steps", "progress", "checkpoint_every", "device"})
+RESUMABLE_CHANGES = frozenset({"steps", "progress", "checkpoint_every", "device", "threads"})
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -223,7 +224,7 @@ def fit(
             ``checkpoint.safetensors`` (only rank 0 writes); ``None``: nothing is written.
         resume: continue from ``run_dir``'s checkpoint if there is one (a finished run returns
             at once); without one, start afresh. The config must match the checkpoint's except
-            for ``steps``, ``progress``, ``checkpoint_every`` and ``device``.
+            for ``steps``, ``progress``, ``checkpoint_every``, ``device`` and ``threads``.
         description: a label for the progress bar and ``config.json``.
 
     Returns:
@@ -239,6 +240,32 @@ def fit(
         cfg = TrainConfig.from_dict(cfg)
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig or a dict, got {type(cfg).__name__}")
+    with torch_threads(cfg.threads):
+        return _fit(model, loss_fn, batches, evaluate, cfg, run_dir, resume, description)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (``None``: unchanged), then restore."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Callable[[int], Any] | Iterable[Any],
+    evaluate: Evaluate | None,
+    cfg: TrainConfig,
+    run_dir: str | Path | None,
+    resume: bool,
+    description: str,
+) -> FitResult:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):

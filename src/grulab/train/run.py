@@ -30,18 +30,20 @@ from grulab.models import SequenceModel, count_parameters, hidden_for_budget
 from grulab.tasks.base import Task
 from grulab.train.config import RunConfig, TrainConfig
 from grulab.train.distributed import dist_info
-from grulab.train.loop import FitResult, fit
+from grulab.train.loop import FitResult, fit, torch_threads
 
 RUN_FILE, RESULTS_FILE = "run.json", "results.json"
 
 
 @dataclass
 class RunResult:
-    """A finished run: its directory, the fit, and the best model's scores (``results.json``)."""
+    """A finished run: its directory, the fit, the best model's scores (``results.json``; empty
+    off rank 0) and the trained model (holding the best weights)."""
 
     run_dir: Path | None
     fit: FitResult
     results: dict[str, Any]
+    model: torch.nn.Module | None = None
 
 
 def make_task(run: RunConfig) -> Task:
@@ -87,8 +89,15 @@ def train_run(run: RunConfig, cfg: TrainConfig, out_dir: str | os.PathLike | Non
     Returns:
         A :class:`RunResult`; ``results`` holds ``valid``/``test`` metrics of the best model,
         ``baselines``, ``best_step``, ``steps``, ``stopped_early``, ``seconds``, ``parameters``,
-        ``hidden`` and ``machine``.
+        ``hidden`` and ``machine`` (and ``ddp``: whether all processes ended with identical weights,
+        under ``torch.distributed``).
     """
+    with torch_threads(cfg.threads):
+        return _train_run(run, cfg, out_dir, resume, task, description)
+
+
+def _train_run(run: RunConfig, cfg: TrainConfig, out_dir: str | os.PathLike | None, resume: bool,
+               task: Task | None, description: str) -> RunResult:
     task = task or make_task(run)
     if cfg.monitor is None:
         cfg = cfg.replace(monitor=task.monitor, mode="min")
@@ -103,6 +112,7 @@ def train_run(run: RunConfig, cfg: TrainConfig, out_dir: str | os.PathLike | Non
     result = fit(model, task.loss, task.batches(run.batch_size, cfg.seed), lambda m: task.evaluate(m, "valid"), cfg,
                  run_dir=path, resume=resume, description=description or f"{run.cell} on {run.data}")
     results: dict[str, Any] = {}
+    ddp = ranks_agree(model) if info.distributed else None
     if info.is_main:
         model.eval()
         scores = {split: task.evaluate(model, split) for split in ("valid", "test")}
@@ -110,13 +120,34 @@ def train_run(run: RunConfig, cfg: TrainConfig, out_dir: str | os.PathLike | Non
                    "baselines": task.baselines(), "best_step": result.best_step, "steps": result.steps,
                    "stopped_early": result.stopped_early, "seconds": result.seconds, "machine": machine_info(),
                    "metric": getattr(task, "metric_doc", "")}
+        if ddp is not None:
+            results["ddp"] = ddp
         if path is not None:
             atomic_write_bytes(path / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())
             from grulab.train.report import plot_curves, write_csv
 
             write_csv(path)
             plot_curves(path, title=f"{run.cell} on {run.data}, seed {cfg.seed}")
-    return RunResult(path, result, results)
+    return RunResult(path, result, results, model)
+
+
+def ranks_agree(model: torch.nn.Module) -> dict[str, Any]:
+    """Whether every process ended with the same weights (call on every rank after training).
+
+    Each rank reduces its weights to fingerprints in float64 (sum, sum of squares, sum of
+    absolute values, and a position-weighted sum, which sees swapped entries); the ranks' fingerprints
+    are gathered and compared exactly. Returns ``{"world_size", "identical", "fingerprints"}``.
+    """
+    import torch.distributed as dist
+
+    w = torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
+    pos = torch.arange(1, w.numel() + 1, dtype=torch.float64)
+    mine = torch.stack([w.sum(), (w * w).sum(), w.abs().sum(), (w * pos).sum()])
+    device = next(model.parameters()).device
+    gathered = [torch.zeros(4, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine.to(device))
+    rows = [g.cpu().tolist() for g in gathered]
+    return {"world_size": len(rows), "identical": all(r == rows[0] for r in rows), "fingerprints": rows}
 
 
 def _check_same_run(path: Path, meta: dict[str, Any], resume: bool) -> None:

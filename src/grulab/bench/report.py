@@ -1,0 +1,62 @@
+"""Markdown for benchmark results, and the README section it replaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+# (numerator, denominator): "numerator time / denominator time" = how many times faster the denominator is
+RATIOS = {
+    "streaming": [("onnxruntime", "grulab"), ("torch.nn.GRU", "grulab"), ("torch GRUCell loop", "grulab stream.step")],
+    "inference": [("onnxruntime", "grulab"), ("torch.nn.GRU", "grulab")],
+    "training": [("torch.nn.GRU", "grulab")],
+    "mingru": [("grulab GRU", "grulab MinGRU"), ("torch.nn.GRU", "grulab GRU")],
+}
+TITLES = {
+    "streaming": "Streaming inference, batch 1 (µs per step; whole sequence unless marked per-step)",
+    "inference": "Inference, whole sequence (ms)",
+    "training": "Training, forward + backward (ms)",
+    "mingru": "minGRU (parallel scan) against GRU, training forward + backward (ms)",
+}
+
+
+def _shape(s: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in s.items())
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Measured by `grulab bench` on {m['cpu']} ({m['logical_cpus']} logical CPUs, {m['threads']} threads), "
+             f"{m['date']}; torch {m['versions']['torch']}, numba {m['versions'].get('numba')}, "
+             f"onnxruntime {m['versions'].get('onnxruntime')}. Medians of alternating runs; sgemm peak "
+             f"{results['sgemm_peak_gflops']:.0f} GFLOP/s; \"roofline\" = grulab's matrix-product GFLOP/s "
+             f"as a fraction of that peak.", ""]
+    for case, title in TITLES.items():
+        rows = [r for r in results["rows"] if r["case"] == case]
+        if not rows:
+            continue
+        names = list(dict.fromkeys(k for r in rows for k in r["results"]))
+        ratios = [(a, b) for a, b in RATIOS[case] if a in names and b in names]
+        lines += [f"**{title}**", ""]
+        header = ["shape", *names, *(f"{a} / {b}" for a, b in ratios), "roofline"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in rows:
+            res = r["results"]
+            cells = [_shape(r["shape"]), *(f"{res[n]:.2f}" if n in res else "" for n in names)]
+            cells += [f"{res[a] / res[b]:.2f}x" for a, b in ratios]
+            cells.append(f"{r['roofline_fraction']:.0%}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Replace the text between the bench markers of ``path`` with ``table``."""
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{path} has no {START} ... {END} section to replace")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{table}\n{END}{tail}")

@@ -1,0 +1,52 @@
+"""`grulab bench --quick`: every case runs, files are written, ratios and roofline are computed."""
+
+import json
+
+import pytest
+
+from grulab.bench import BenchConfig, run_bench
+from grulab.bench.harness import gru_flops, time_alternating
+from grulab.bench.report import END, START, update_readme
+from grulab.cli import main
+
+
+def test_quick_bench_writes_results_and_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    assert main(["bench", "--quick", "--out", str(tmp_path / "res"), "--update-readme", str(readme)]) == 0
+    data = json.loads((tmp_path / "res" / "bench-quick.json").read_text())
+    cases = {r["case"] for r in data["rows"]}
+    assert cases == {"streaming", "inference", "training", "mingru"}
+    for row in data["rows"]:
+        assert all(v > 0 for v in row["results"].values())
+        assert 0 < row["roofline_fraction"]
+    stream = next(r for r in data["rows"] if r["case"] == "streaming")
+    assert {"grulab", "torch.nn.GRU", "onnxruntime", "grulab stream.step", "torch GRUCell loop"} <= set(stream["results"])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "Training, forward + backward" in text and "torch.nn.GRU / grulab" in text
+
+
+def test_alternating_timer_and_flops():
+    calls = []
+    timing = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert set(timing) == {"a", "b"} and all(v["min"] <= v["median"] <= v["max"] for v in timing.values())
+    assert gru_flops(2, 3, 4, 5, False) == 2 * 2 * 3 * 15 * 9
+    assert gru_flops(1, 1, 1, 1, True) == 2 * 3 * 2 + 2 * 3 * 3
+
+
+def test_bad_config_and_readme_without_markers(tmp_path):
+    with pytest.raises(ValueError, match="unknown bench cases"):
+        BenchConfig(cases=("streaming", "gpu"))
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        BenchConfig(repeats=0)
+    p = tmp_path / "R.md"
+    p.write_text("no markers")
+    with pytest.raises(ValueError, match="no <!-- bench:start -->"):
+        update_readme(p, "table")
+
+
+def test_run_bench_subset(tmp_path):
+    res = run_bench(BenchConfig(quick=True, cases=("inference",), out_dir=str(tmp_path)))
+    assert [r["case"] for r in res["rows"]] == ["inference"]
