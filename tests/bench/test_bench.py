@@ -21,7 +21,8 @@ def test_quick_bench_writes_results_and_readme(tmp_path):
         assert all(v > 0 for v in row["results"].values())
         assert 0 < row["roofline_fraction"]
     stream = next(r for r in data["rows"] if r["case"] == "streaming")
-    assert {"grulab", "torch.nn.GRU", "onnxruntime", "grulab stream.step", "torch GRUCell loop"} <= set(stream["results"])
+    expected = {"grulab", "torch.nn.GRU", "onnxruntime", "grulab stream.step", "torch GRUCell loop"}
+    assert expected <= set(stream["results"])
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "Training, forward + backward" in text and "torch.nn.GRU / grulab" in text

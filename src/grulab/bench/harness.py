@@ -137,42 +137,39 @@ def _pair(I: int, H: int, seed: int) -> tuple[torch.nn.GRU, grulab.GRU]:
 
 
 def case_streaming(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, Any]]:
-    rows = []
-    T = cfg.stream_steps
-    for H in cfg.stream_hidden:
-        I = max(1, H // 2)
-        ref, ours = _pair(I, H, cfg.seed)
-        x = torch.randn(T, 1, I)
-        h0 = torch.zeros(1, 1, H)
-        contestants: Contestants = {}
-        with torch.no_grad():
-            contestants["grulab"] = lambda: ours(x)
-            contestants["torch.nn.GRU"] = lambda: ref(x)
-            sess = _ort_session(ours, threads, tmp)
-            if sess is not None:
-                contestants["onnxruntime"] = _ort_runner(sess, x, h0)
-            stream = ours.stream()
-            xn = x[:, 0].numpy()
-            cell = torch.nn.GRUCell(I, H)
-            cell.load_state_dict({k.replace("_l0", ""): v for k, v in ref.state_dict().items()})
+    return [_streaming_row(H, cfg, threads, tmp) for H in cfg.stream_hidden]
 
-            def step_loop() -> None:
-                stream.reset()
-                for t in range(T):
-                    stream.step(xn[t])
 
-            def cell_loop() -> None:
-                h = torch.zeros(1, H)
-                for t in range(T):
-                    h = cell(x[t], h)
+def _streaming_row(H: int, cfg: BenchConfig, threads: int, tmp: Path) -> dict[str, Any]:
+    T, I = cfg.stream_steps, max(1, H // 2)
+    ref, ours = _pair(I, H, cfg.seed)
+    x = torch.randn(T, 1, I)
+    contestants: Contestants = {"grulab": lambda: ours(x), "torch.nn.GRU": lambda: ref(x)}
+    sess = _ort_session(ours, threads, tmp)
+    if sess is not None:
+        contestants["onnxruntime"] = _ort_runner(sess, x, torch.zeros(1, 1, H))
+    stream = ours.stream()
+    xn = x[:, 0].numpy()
+    cell = torch.nn.GRUCell(I, H)
+    cell.load_state_dict({k.replace("_l0", ""): v for k, v in ref.state_dict().items()})
 
-            contestants["grulab stream.step"] = step_loop
-            contestants["torch GRUCell loop"] = cell_loop
-            timing = time_alternating(contestants, cfg.repeats)
-        per_step = {k: v["median"] / T * 1e6 for k, v in timing.items()}
-        rows.append({"case": "streaming", "shape": {"B": 1, "T": T, "I": I, "H": H}, "unit": "us/step",
-                     "results": per_step, "flops": gru_flops(T, 1, I, H, False), "timing": timing})
-    return rows
+    def step_loop() -> None:
+        stream.reset()
+        for t in range(T):
+            stream.step(xn[t])
+
+    def cell_loop() -> None:
+        h = torch.zeros(1, H)
+        for t in range(T):
+            h = cell(x[t], h)
+
+    contestants["grulab stream.step"] = step_loop
+    contestants["torch GRUCell loop"] = cell_loop
+    with torch.no_grad():
+        timing = time_alternating(contestants, cfg.repeats)
+    return {"case": "streaming", "shape": {"B": 1, "T": T, "I": I, "H": H}, "unit": "us/step",
+            "results": {k: v["median"] / T * 1e6 for k, v in timing.items()}, "flops": gru_flops(T, 1, I, H, False),
+            "timing": timing}
 
 
 def case_inference(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, Any]]:
