@@ -170,7 +170,7 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         batch_first: layout of the graph's ``input`` (and ``output``); defaults to the model's.
         lengths: add an int64 ``lengths (B,)`` input (padding semantics as in grulab: outputs past
-            a length are zero, ``h_n`` is the state at the last valid step; every length >= 1).
+            a length are zero, ``h_n`` is the state at the last valid step, ``h0`` for length 0).
         opset: ONNX opset to target (>= 14).
 
     The graph's inputs are ``input`` ``(T, B, I)`` (``(B, T, I)`` batch-first), ``h0``
