@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from grulab import io
-from grulab.train.checkpoint import restore_checkpoint, save_checkpoint
+from grulab.train.checkpoint import read_checkpoint, restore_checkpoint, save_checkpoint
 from grulab.train.config import TrainConfig
 from grulab.train.distributed import DistInfo, all_mean, broadcast_json, dist_info
 
@@ -293,8 +293,8 @@ def _fit(
 
     checkpoint = run_path / CHECKPOINT_FILE if run_path is not None else None
     if resume and checkpoint is not None and checkpoint.is_file():
+        _check_resumable(json.loads(read_checkpoint(checkpoint)[1]["state"])["config"], cfg, checkpoint)
         best, state = restore_checkpoint(checkpoint, model=model, optimizer=optimizer, noise=noise)
-        _check_resumable(state["config"], cfg, checkpoint)
         run.load(state, best)
         if run.finished and not run.stopped_early and run.step < cfg.steps:
             run.finished = False  # a finished run resumed with a larger budget continues
