@@ -60,7 +60,7 @@ def test_streaming_chunk_by_chunk_carries_the_state(tmp_path, reset, splits):
 def test_lengths_input(tmp_path, bidirectional):
     gru = grulab.GRU(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True, bias=False)
     path = export_onnx(gru, tmp_path / "len.onnx", lengths=True)
-    x, lengths = torch.randn(4, 8, 3), torch.tensor([8, 3, 1, 6])
+    x, lengths = torch.randn(4, 8, 3), torch.tensor([8, 3, 0, 6])
     with torch.no_grad():
         y, h_n = gru(x, lengths=lengths)
     y_ort, h_ort = run_onnx(path, x.numpy(), lengths=lengths.numpy())
@@ -151,3 +151,18 @@ def test_verify_notices_a_file_that_is_not_the_model(tmp_path):
     a, b = grulab.GRU(3, 4), grulab.GRU(3, 4)
     path = export_onnx(a, tmp_path / "a.onnx")
     assert verify_onnx(a, path) <= ORT_MATCH and verify_onnx(b, path) > 1e-2
+
+
+def test_cli_export(tmp_path, capsys):
+    from grulab import io
+    from grulab.cli import main
+
+    model_path = io.save(SequenceModel("gru", 3, 5, 2, num_layers=2), tmp_path / "m.safetensors")
+    assert main(["export", str(model_path), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    diff = float(out.split("max |diff| = ")[1].split()[0])
+    assert (tmp_path / "m.onnx").is_file() and diff <= ORT_MATCH and "(ok," in out
+    assert main(["export", str(model_path), "--onnx", str(tmp_path / "n.onnx"), "--no-verify", "--lengths"]) == 0
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        (tmp_path / "junk.safetensors").write_bytes(b"junk")
+        main(["export", str(tmp_path / "junk.safetensors"), "--onnx", str(tmp_path / "j.onnx")])
