@@ -52,7 +52,7 @@ def test_autocast_packed_sequence_and_cell():
     packed = pack_padded_sequence(x.bfloat16(), torch.tensor([5, 3]))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, _ = gru(packed)
-        h = grulab.GRUCell(3, 4)(x[0].bfloat16(), torch.zeros(2, 4, dtype=torch.bfloat16))
+        h = grulab.GRUCell(3, 4)(x=x[0].bfloat16(), h=torch.zeros(2, 4, dtype=torch.bfloat16))  # keywords too
     assert y.data.dtype == torch.float32 and h.dtype == torch.float32
 
 

@@ -31,6 +31,9 @@ _LOW = (torch.bfloat16, torch.float16)
 
 
 def _up(t: Any, dtype: torch.dtype) -> Any:
+    """Cast low-precision floating tensors (inside tuples and PackedSequences too) to ``dtype``."""
+    if isinstance(t, torch.nn.utils.rnn.PackedSequence):
+        return t._replace(data=_up(t.data, dtype))
     if isinstance(t, Tensor) and t.dtype in _LOW:
         return t.to(dtype)
     if isinstance(t, tuple):
@@ -38,25 +41,28 @@ def _up(t: Any, dtype: torch.dtype) -> Any:
     return t
 
 
+def _device_type(values: Any) -> str:
+    for v in values:
+        data = v.data if isinstance(v, torch.nn.utils.rnn.PackedSequence) else v
+        if isinstance(data, Tensor):
+            return data.device.type
+    return "cpu"
+
+
 def float32_under_autocast(forward: F) -> F:
-    """Decorate a layer's ``forward(self, input, *args)``: under autocast, switch it off for the
-    layer and cast low-precision floating inputs (and states) up to the parameters' dtype."""
+    """Decorate a layer's ``forward``: under autocast, switch autocast off for the layer and cast
+    low-precision floating arguments (input, states) up to the parameters' dtype."""
 
     @functools.wraps(forward)
-    def wrapper(self: torch.nn.Module, input: Any, *args: Any, **kwargs: Any) -> Any:
-        data = getattr(input, "data", input)  # PackedSequence carries its tensor in .data
-        device = data.device.type if isinstance(data, Tensor) else "cpu"
+    def wrapper(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        device = _device_type([*args, *kwargs.values()])
         if not torch.is_autocast_enabled(device):
-            return forward(self, input, *args, **kwargs)
+            return forward(self, *args, **kwargs)
         dtype = next(self.parameters()).dtype
-        if isinstance(input, torch.nn.utils.rnn.PackedSequence):
-            input = input._replace(data=_up(input.data, dtype))
-        else:
-            input = _up(input, dtype)
         args = tuple(_up(a, dtype) for a in args)
         kwargs = {k: _up(v, dtype) for k, v in kwargs.items()}
         with torch.autocast(device_type=device, enabled=False):
-            return forward(self, input, *args, **kwargs)
+            return forward(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
