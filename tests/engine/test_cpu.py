@@ -106,3 +106,41 @@ def test_small_case_for_the_uncompiled_kernels():
     for reset in ("after", "before"):
         compare(make_args(3, 5, 2, 3, torch.float64, seed=3), reset, torch.tensor([3, 0, 2, 1, 3]), True, "cpu",
                 torch.float64)
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+@pytest.mark.parametrize("B, H", [(1, 97), (3, 64)])
+def test_small_batch_unit_split_matches_reference(reset, B, H, monkeypatch):
+    """Small batches split the units over two threads (barrier per step); gradients included."""
+    from grulab.engine import cpu
+
+    if cpu._threads() < 2:
+        pytest.skip("needs two threads")
+    monkeypatch.setattr(cpu, "_machine_busy", lambda: False)  # exercise the split even under test load
+    monkeypatch.setattr(cpu, "SPIN_LIMIT", 10**9)  # and never give up on the partner thread
+    monkeypatch.setitem(cpu._UNIT_SPLIT, "enabled", True)
+    assert cpu._use_unit_split(B, 20, H)
+    lengths = torch.tensor([20, 7, 0][:B])
+    scale = 1 / H**0.5  # a contractive regime, where two float32 summation orders stay close
+    compare(make_args(20, B, 5, H, torch.float64, seed=B, scale=scale), reset, lengths, False, "cpu", torch.float64)
+    compare(make_args(20, B, 5, H, torch.float32, seed=B, scale=scale), reset, None, True, "cpu", torch.float32)
+    assert cpu._UNIT_SPLIT["enabled"]  # the split ran to the end (no abort)
+
+
+def test_unit_split_falls_back_when_the_threads_cannot_meet(monkeypatch):
+    """Both workers on one thread cannot pass a barrier: they abort and the serial kernel runs."""
+    import numba
+
+    from grulab.engine import cpu
+
+    monkeypatch.setattr(cpu, "SPIN_LIMIT", 10_000)
+    monkeypatch.setattr(cpu, "_machine_busy", lambda: False)
+    monkeypatch.setitem(cpu._UNIT_SPLIT, "enabled", True)
+    monkeypatch.setattr(cpu, "_threads", lambda: 2)
+    real = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: real(1))
+    try:
+        compare(make_args(12, 1, 3, 100, torch.float64), "after", None, False, "cpu", torch.float64)
+        assert cpu._UNIT_SPLIT["enabled"] is False
+    finally:
+        real(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))

@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 FLAGS = {"fastmath": FASTMATH, "error_model": "numpy", "cache": True, "nogil": True}
-INLINE = {**FLAGS, "inline": "always"}
+INLINE = FLAGS  # LLVM inlines these small functions; numba-level inlining only added IR warnings
 
 if numba.config.DISABLE_JIT:  # pure-Python fallback so the kernels run (and are covered) without JIT
 
@@ -151,3 +151,97 @@ def gemm_nt(A, Bm, C):  # noqa: ANN001, ANN201
             C[i, j] = s0
             j += 1
         i += 1
+
+
+# ------------------------------------------------------------------------------ thread barrier
+# Two workers that advance a recurrence together exchange "I finished phase p" through an int64
+# array: one slot per worker, 8 slots apart (64 bytes) so the slots sit on separate cache lines.
+# A release store publishes a worker's writes with its counter; an acquire load makes the other
+# worker's writes visible once it sees the counter. The last slot is an abort flag: a worker that
+# waits longer than ``spin_limit`` sets it and returns, so a partner that never runs (both halves
+# scheduled on one thread) costs a bounded wait and a serial rerun, never a hang.
+SLOT = 8
+
+if numba.config.DISABLE_JIT:
+
+    def load_acquire(arr, i):  # noqa: ANN001, ANN201
+        return arr[i]
+
+    def store_release(arr, i, v):  # noqa: ANN001, ANN201
+        arr[i] = v
+
+    def cpu_pause():  # noqa: ANN201
+        return None
+
+else:
+
+    def cgutils_get_or_insert(module, fnty, name):  # noqa: ANN001, ANN202
+        from numba.core import cgutils
+
+        return cgutils.get_or_insert_function(module, fnty, name)
+
+    def _item_pointer(context, builder, aryty, ary_val, idx):  # noqa: ANN001, ANN202
+        from numba.core import cgutils
+
+        ary = context.make_array(aryty)(context, builder, ary_val)
+        return cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
+
+    @intrinsic
+    def load_acquire(typingctx, arr, i):  # noqa: ANN001, ANN201
+        """``arr[i]`` as an atomic load with acquire ordering (int64 arrays)."""
+        if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            ptr = _item_pointer(context, builder, sig.args[0], args[0], args[1])
+            return builder.load_atomic(ptr, ordering="acquire", align=8)
+
+        return types.int64(arr, i), codegen
+
+    @intrinsic
+    def store_release(typingctx, arr, i, v):  # noqa: ANN001, ANN201
+        """``arr[i] = v`` as an atomic store with release ordering (int64 arrays)."""
+        if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            ptr = _item_pointer(context, builder, sig.args[0], args[0], args[1])
+            val = context.cast(builder, args[2], sig.args[2], types.int64)
+            builder.store_atomic(val, ptr, ordering="release", align=8)
+            return context.get_dummy_value()
+
+        return types.void(arr, i, v), codegen
+
+    @intrinsic
+    def cpu_pause(typingctx):  # noqa: ANN001, ANN201
+        """The x86 ``pause`` hint inside spin loops (a no-op elsewhere)."""
+
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            import platform
+
+            if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+                fn = cgutils_get_or_insert(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+                builder.call(fn, [])
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+
+@njit(**FLAGS)
+def barrier(flags, w, nw, phase, spin_limit):  # noqa: ANN001, ANN201
+    """Publish that worker ``w`` reached ``phase``, wait for the ``nw - 1`` others. False on abort."""
+    store_release(flags, w * SLOT, phase)
+    abort = nw * SLOT
+    for v in range(nw):
+        if v == w:
+            continue
+        spins = 0
+        while load_acquire(flags, v * SLOT) < phase:
+            if load_acquire(flags, abort) != 0:
+                return False
+            cpu_pause()
+            spins += 1
+            if spins > spin_limit:
+                store_release(flags, abort, 1)
+                return False
+    return load_acquire(flags, abort) == 0

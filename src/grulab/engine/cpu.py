@@ -22,6 +22,8 @@ float32 uses the vectorised activations of :mod:`grulab.engine._jitmath`; float6
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from numba import prange
 from numba.extending import overload
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS, gemm_nt, sigmoid32, sigmoid64, tanh32, tanh64
+from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nt, sigmoid32, sigmoid64, tanh32, tanh64
 
 MIN_ROWS_PER_THREAD = 4  # below this a chunk's GEMM degenerates to matrix-vector products
 
@@ -42,12 +44,12 @@ def tanh(x):  # noqa: ANN001, ANN201
     return np.tanh(x)
 
 
-@overload(sigmoid, inline="always")
+@overload(sigmoid)
 def _sigmoid_impl(x):  # noqa: ANN001, ANN202
     return (lambda x: sigmoid32(x)) if x.bitwidth == 32 else (lambda x: sigmoid64(x))
 
 
-@overload(tanh, inline="always")
+@overload(tanh)
 def _tanh_impl(x):  # noqa: ANN001, ANN202
     return (lambda x: tanh32(x)) if x.bitwidth == 32 else (lambda x: tanh64(x))
 
@@ -132,6 +134,148 @@ def _gru_fwd_parallel(nchunks, xp, h0, U, b_U, lengths, reverse, after, save_sta
     for c in prange(nchunks):
         _gru_fwd_rows(c * B // nchunks, (c + 1) * B // nchunks, xp, h0, U, b_U, lengths, reverse, after,
                       save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n)
+
+
+# ---------------------------------------------------- forward, small batch: units split over threads
+@numba.njit(**FLAGS)
+def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states,
+                          save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, rhbuf, flags,
+                          spin_limit):  # noqa: ANN001, ANN201
+    """Worker ``w`` of ``nw``: owns units ``k0:k1`` of every row and its rows of U (packed at
+    ``[z; r; h]`` blocks of ``nkmax`` rows). Each step reads the full previous state from
+    ``hbuf[s % 2]``, writes its units of the new one into ``hbuf[(s + 1) % 2]``, then meets the
+    other workers at a barrier (twice for reset="before", whose candidate needs all of ``r * h``)."""
+    T, B = xp.shape[0], xp.shape[1]
+    H = h0.shape[1]
+    k0 = w * H // nw
+    nk = (w + 1) * H // nw - k0
+    nkmax = U_h_pk.shape[1] if not after else U_pk.shape[1] // 3
+    u = np.empty((B, 3 * nkmax if after else 2 * nkmax), h0.dtype)
+    uh = np.empty((B, nkmax), h0.dtype)
+    z = np.empty((B, nkmax), h0.dtype)
+    r = np.empty((B, nkmax), h0.dtype)
+    phase = 0
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        hin = hbuf[s % 2]
+        hout = hbuf[(s + 1) % 2]
+        gemm_nt(hin, U_pk[w] if after else U_zr_pk[w], u)  # own rows of U h_prev
+        for b in range(B):
+            x_t = xp[t, b]
+            for j in range(nk):
+                k = k0 + j
+                z[b, j] = sigmoid(x_t[k] + u[b, j] + b_U[k])  # (eq. 1)
+                r[b, j] = sigmoid(x_t[H + k] + u[b, nkmax + j] + b_U[H + k])  # (eq. 2)
+                if after:
+                    uh[b, j] = u[b, 2 * nkmax + j] + b_U[2 * H + k]  # (eq. 3a)
+                else:
+                    rhbuf[b, k] = r[b, j] * hin[b, k]
+        if not after:
+            phase += 1
+            if not barrier(flags, w, nw, phase, spin_limit):  # every unit of r * h_prev is written
+                return
+            gemm_nt(rhbuf, U_h_pk[w], uh)  # (eq. 3b) own rows of U_h (r * h_prev)
+        for b in range(B):
+            x_t = xp[t, b]
+            skip = t >= lengths[b]
+            for j in range(nk):
+                k = k0 + j
+                h_prev = hin[b, k]
+                if skip:  # the state passes through, the output is zero
+                    hout[b, k] = h_prev
+                    y[t, b, k] = 0.0
+                    if save_states:
+                        states[t, b, k] = h_prev
+                    if save_gates:
+                        z_s[t, b, k] = 0.0
+                        r_s[t, b, k] = 0.0
+                        ht_s[t, b, k] = 0.0
+                        uh_s[t, b, k] = 0.0
+                    continue
+                if after:
+                    a_h = x_t[2 * H + k] + r[b, j] * uh[b, j]  # (eq. 3a)
+                else:
+                    uh[b, j] += b_U[2 * H + k]
+                    a_h = x_t[2 * H + k] + uh[b, j]  # (eq. 3b)
+                h_tilde = tanh(a_h)  # (eq. 3)
+                h_new = h_prev + z[b, j] * (h_tilde - h_prev)  # (eq. 4), rewritten
+                hout[b, k] = h_new
+                y[t, b, k] = h_new
+                if save_states:
+                    states[t, b, k] = h_new
+                if save_gates:
+                    z_s[t, b, k] = z[b, j]
+                    r_s[t, b, k] = r[b, j]
+                    ht_s[t, b, k] = h_tilde
+                    uh_s[t, b, k] = uh[b, j]
+        phase += 1
+        if not barrier(flags, w, nw, phase, spin_limit):  # the new state is complete
+            return
+    for b in range(B):
+        for j in range(nk):
+            h_n[b, k0 + j] = hbuf[T % 2][b, k0 + j]
+
+
+@numba.njit(parallel=True, **FLAGS)
+def _gru_fwd_units(nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y,
+                   states, z_s, r_s, ht_s, uh_s, h_n, hbuf, rhbuf, flags, spin_limit):  # noqa: ANN001, ANN201
+    for w in prange(nw):
+        _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states,
+                              save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, rhbuf, flags, spin_limit)
+
+
+def _pack_unit_rows(U: np.ndarray, H: int, nw: int, gates: tuple[int, ...]) -> np.ndarray:
+    """Rows of ``U`` for each worker's units, gate blocks of ``ceil(H / nw)`` rows (zero-padded)."""
+    nkmax = -(-H // nw)
+    out = np.zeros((nw, len(gates) * nkmax, U.shape[1]), U.dtype)
+    for w in range(nw):
+        k0, k1 = w * H // nw, (w + 1) * H // nw
+        for i, g in enumerate(gates):
+            out[w, i * nkmax : i * nkmax + k1 - k0] = U[g * H + k0 : g * H + k1]
+    return out
+
+
+def _use_unit_split(B: int, T: int, H: int) -> bool:
+    """Split units over threads when rows alone cannot keep them busy, the work per step outweighs
+    a barrier (about half a microsecond), and the machine has a core to spare: a spin barrier whose
+    partner thread is descheduled waits a whole time slice, which makes a busy machine slower than
+    one thread."""
+    return (not numba.config.DISABLE_JIT and _UNIT_SPLIT["enabled"] and _chunks(B) == 1 and _threads() >= 2
+            and B * H >= UNIT_SPLIT_MIN_WORK and T >= 8 and not _machine_busy())
+
+
+def _machine_busy() -> bool:
+    """More runnable work (1-minute load average) than cores to give the second worker."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1) - 1
+    except OSError:
+        return False
+
+
+UNIT_SPLIT_MIN_WORK = 96  # B * H below which one thread is faster than two plus a barrier per step
+SPIN_LIMIT = 200_000  # pause-loop iterations (a few ms) before a worker gives up on its partner
+_UNIT_SPLIT = {"enabled": True}
+
+
+def _fwd_unit_split(xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r, h_tilde,
+                    u_h, h_n) -> bool:  # noqa: ANN001
+    """Run the unit-split forward on two threads; False (nothing usable written) if it aborted."""
+    nw = 2
+    H = h0.shape[1]
+    U_pk = _pack_unit_rows(U, H, nw, (0, 1, 2)) if after else np.empty((nw, 3, 1), U.dtype)
+    U_zr_pk = _pack_unit_rows(U, H, nw, (0, 1)) if not after else np.empty((nw, 2, 1), U.dtype)
+    U_h_pk = _pack_unit_rows(U, H, nw, (2,)) if not after else np.empty((nw, 1, 1), U.dtype)
+    hbuf = np.empty((2, *h0.shape), h0.dtype)
+    hbuf[0] = h0
+    rhbuf = np.zeros_like(h0)
+    flags = np.zeros((nw + 1) * SLOT, np.int64)
+    numba.set_num_threads(nw)
+    _gru_fwd_units(nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y,
+                   states, z, r, h_tilde, u_h, h_n, hbuf, rhbuf, flags, SPIN_LIMIT)
+    if flags[nw * SLOT] != 0:
+        _UNIT_SPLIT["enabled"] = False  # the threads could not keep pace here: stay serial from now on
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------- backward
@@ -276,9 +420,11 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     save_gates = training and not recompute
     gate_shape = (T, B, H) if save_gates else (1, 1, 1)
     z, r, h_tilde, u_h = (_empty(gate_shape, x) for _ in range(4))
-    _launch(_gru_fwd_rows, _gru_fwd_parallel, B, _np(xp), _np(h0.detach().contiguous()),
-            _np(U.detach().contiguous()), _np(b_U_), _lengths_np(lengths, B, T), reverse, reset == "after",
-            save_states, save_gates, _np(y), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(h_n))
+    args = (_np(xp), _np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_),
+            _lengths_np(lengths, B, T), reverse, reset == "after", save_states, save_gates, _np(y), _np(states),
+            _np(z), _np(r), _np(h_tilde), _np(u_h), _np(h_n))
+    if not (_use_unit_split(B, T, H) and _fwd_unit_split(*args)):
+        _launch(_gru_fwd_rows, _gru_fwd_parallel, B, *args)
     if not training:
         return y, h_n, ()
     if not save_states:
