@@ -152,3 +152,20 @@ def test_seeds_change_results_but_repeat_exactly(tmp_path):
     c = train_run(RunConfig(cell="rnn", **TINY), quick(seed=2), None).results
     assert a["test"] == b["test"] and a["test"] != c["test"]
     assert torch.get_num_threads() >= 1
+
+
+def test_presets_resolve_per_data_set(tmp_path):
+    from grulab.cli import build_parser
+    from grulab.train.command import resolve_configs
+
+    def resolve(*argv):
+        return resolve_configs(build_parser().parse_args(["train", *argv]))
+
+    run, cfg = resolve("--data", "jsb")
+    assert cfg.optimizer == "rmsprop" and cfg.weight_noise == 0.075 and run.params == 20_000  # Chung et al.
+    run, cfg = resolve("--data", "co2", "--lr", "0.5")
+    assert cfg.optimizer == "adam" and cfg.lr == 0.5 and run.seq_len == 48  # flags win over the preset
+    run, cfg = resolve("--data", "jsb", "--preset", "none")
+    assert cfg == TrainConfig() and run == RunConfig()
+    run, cfg = resolve("--data", "text", "--preset", "chung2014")
+    assert cfg.optimizer == "rmsprop" and run.data == "text"

@@ -3,8 +3,9 @@
 Every field of :class:`~grulab.train.config.RunConfig` and
 :class:`~grulab.train.config.TrainConfig` is a flag (``--batch-size``, ``--weight-noise``...;
 ``none`` for an optional value). Settings are taken, later ones winning, from the defaults, a
-``--preset``, a ``--config`` TOML file (top-level keys for the run, a ``[train]`` table for
-training) and the flags. An unknown key anywhere is an error.
+preset (``--preset``, else the data set's default protocol), a ``--config`` TOML file (top-level
+keys for the run, a ``[train]`` table for training) and the flags. An unknown key anywhere is an
+error.
 
 Under ``torchrun --nproc_per_node=N -m grulab train ...`` the process group is initialised from
 the environment (gloo on CPU, nccl with ``--device cuda``) and the global batch is shared by the
@@ -16,23 +17,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from grulab.train.config import RunConfig, TrainConfig, field_types
-
-# Chung et al. 2014's protocol for the polyphonic music benchmark (section 4.2 of the paper):
-# RMSProp, gradient-norm clipping at 1, weight noise of std 0.075, early stopping on valid,
-# ~20k parameters. Learning rate, batch size and budget are ours (they are not reported there).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "chung2014": {
-        "run": {"params": 20_000, "num_layers": 1, "batch_size": 16},
-        "train": {"optimizer": "rmsprop", "lr": 1e-3, "clip": 1.0, "weight_noise": 0.075, "steps": 5000,
-                  "eval_every": 50, "patience": 20, "log_every": 10, "checkpoint_every": 500, "threads": 1},
-    },
-}
+from grulab.train.presets import DEFAULT_PRESET, PRESETS, preset_for
 
 
-def _parse_value(kind: type, optional: bool, name: str):  # noqa: ANN202 (argparse type callable)
+def _parse_value(kind: type, optional: bool, name: str) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if optional and text.lower() in ("none", "null", "off"):
             return None
@@ -47,7 +39,9 @@ def _parse_value(kind: type, optional: bool, name: str):  # noqa: ANN202 (argpar
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``grulab train`` flags."""
     parser.add_argument("--config", help="a TOML file: run keys at the top level, training keys under [train]")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="a named protocol (chung2014: Chung et al.'s)")
+    parser.add_argument("--preset", choices=[*sorted(PRESETS), "none"],
+                        help="a named protocol (chung2014: Chung et al.'s for music; digits, text, forecast: grulab's "
+                        "budgets; see grulab.train.presets). Default: the data set's own; none: bare defaults")
     parser.add_argument("--out", default=None, help="run directory (grid: its parent folder); default runs/<data>")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     parser.add_argument("--cells", help="comma-separated cells to compare at a matched parameter count (a grid)")
@@ -70,8 +64,8 @@ def load_toml(path: str) -> dict[str, dict[str, Any]]:
     """``{"run": {...}, "train": {...}}`` from a TOML file; unknown keys fail when the configs are built."""
     try:
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError as e:  # Python 3.10 has no TOML reader in its standard library
+        raise ValueError("--config TOML files need Python 3.11 or newer (tomllib); use flags instead") from e
 
     with open(path, "rb") as f:
         try:
@@ -85,18 +79,27 @@ def load_toml(path: str) -> dict[str, dict[str, Any]]:
 
 
 def resolve_configs(args: argparse.Namespace) -> tuple[RunConfig, TrainConfig]:
-    """Defaults < preset < config file < flags, checked (unknown keys and bad types fail)."""
+    """Defaults < preset < config file < flags, checked (unknown keys and bad types fail).
+
+    Without ``--preset`` the data set's default protocol applies (:func:`preset_for`: Chung et
+    al.'s for music); ``--preset none`` uses the bare defaults.
+    """
+    file = load_toml(args.config) if args.config else {}
+    run_fields, train_fields = field_types(RunConfig), field_types(TrainConfig)
+    flags_run = {k: v for k, v in vars(args).items() if k in run_fields}
+    flags_train = {k: v for k, v in vars(args).items() if k in train_fields}
+    data = flags_run.get("data", file.get("run", {}).get("data", RunConfig.data))
+    if args.preset == "none":
+        preset: dict[str, dict[str, Any]] = {}
+    elif args.preset:
+        preset = PRESETS[args.preset]
+    else:
+        preset = preset_for(data) if data in DEFAULT_PRESET else {}
     run: dict[str, Any] = {}
     train: dict[str, Any] = {}
-    for layer in (PRESETS.get(args.preset or "", {}), load_toml(args.config) if args.config else {}):
+    for layer in (preset, file, {"run": flags_run, "train": flags_train}):
         run.update(layer.get("run", {}))
         train.update(layer.get("train", {}))
-    run_fields, train_fields = field_types(RunConfig), field_types(TrainConfig)
-    for name, value in vars(args).items():
-        if name in run_fields:
-            run[name] = value
-        elif name in train_fields:
-            train[name] = value
     return RunConfig.from_dict(run), TrainConfig.from_dict(train)
 
 
