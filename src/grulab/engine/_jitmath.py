@@ -12,7 +12,8 @@
 
 Kernels compile with :data:`FLAGS`: ``fastmath`` without ``nnan``/``ninf`` (reassociation and
 FMA contraction for vectorised reductions, but NaN and Inf keep their IEEE meaning) and
-``error_model="numpy"`` (no ZeroDivisionError branch, which would block vectorisation).
+``error_model="numpy"`` (no ZeroDivisionError branch, which would block vectorisation). The
+activations compile with :data:`ACTIVATION`, the same without reassociation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from numba.extending import intrinsic
 
 FASTMATH = {"reassoc", "contract", "arcp", "nsz", "afn"}
 FLAGS = {"fastmath": FASTMATH, "error_model": "numpy", "cache": True, "nogil": True}
-INLINE = FLAGS  # LLVM inlines these small functions; numba-level inlining only added IR warnings
+# Activations must not be reassociated: that would fold the Cody-Waite split c - n*ln2_hi - n*ln2_lo
+# into c - n*ln2 and lose its precision. Fast-math flags live on each instruction, so they keep
+# these semantics when LLVM inlines the functions into the (reassociating) kernels.
+ACTIVATION = {"fastmath": FASTMATH - {"reassoc"}, "error_model": "numpy", "cache": True, "nogil": True}
 
 if numba.config.DISABLE_JIT:  # pure-Python fallback so the kernels run (and are covered) without JIT
 
@@ -57,7 +61,7 @@ _ONE, _TWO, _HALF = np.float32(1.0), np.float32(2.0), np.float32(0.5)
 _LO, _HI = np.float32(-87.0), np.float32(88.0)
 
 
-@njit(**INLINE)
+@njit(**ACTIVATION)
 def exp32(x):  # noqa: ANN001, ANN201
     c = min(max(x, _LO), _HI)
     k = np.int32(c * _LOG2E + np.float32(128.5)) - np.int32(128)  # floor(c log2 e + 1/2), argument > 0
@@ -74,22 +78,22 @@ def exp32(x):  # noqa: ANN001, ANN201
     return p * scale if x == x else x  # a NaN input stays NaN (the clamp above would hide it)
 
 
-@njit(**INLINE)
+@njit(**ACTIVATION)
 def sigmoid32(x):  # noqa: ANN001, ANN201
     return _ONE / (_ONE + exp32(-x))
 
 
-@njit(**INLINE)
+@njit(**ACTIVATION)
 def tanh32(x):  # noqa: ANN001, ANN201
     return _TWO * sigmoid32(_TWO * x) - _ONE
 
 
-@njit(**INLINE)
+@njit(**ACTIVATION)
 def sigmoid64(x):  # noqa: ANN001, ANN201
     return 1.0 / (1.0 + np.exp(-x))
 
 
-@njit(**INLINE)
+@njit(**ACTIVATION)
 def tanh64(x):  # noqa: ANN001, ANN201
     return np.tanh(x)
 
