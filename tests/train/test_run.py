@@ -169,3 +169,13 @@ def test_presets_resolve_per_data_set(tmp_path):
     assert cfg == TrainConfig() and run == RunConfig()
     run, cfg = resolve("--data", "text", "--preset", "chung2014")
     assert cfg.optimizer == "rmsprop" and run.data == "text"
+
+
+def test_grid_extends_runs_to_a_larger_budget_exactly(tmp_path):
+    run = RunConfig(**TINY)
+    train_grid(run, quick(steps=4, eval_every=2), ["rnn"], [0], tmp_path / "extended")
+    train_grid(run, quick(steps=8, eval_every=2), ["rnn"], [0], tmp_path / "extended")
+    train_grid(run, quick(steps=8, eval_every=2), ["rnn"], [0], tmp_path / "direct")
+    ext, direct = (json.loads((tmp_path / d / "rnn" / "seed0" / "results.json").read_text())
+                   for d in ("extended", "direct"))
+    assert ext["steps"] == direct["steps"] == 8 and ext["test"] == direct["test"]

@@ -160,15 +160,26 @@ def _check_same_run(path: Path, meta: dict[str, Any], resume: bool) -> None:
             raise ValueError(f"cannot resume {path}: it holds a run with other settings ({', '.join(changed)})")
 
 
-def is_finished(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds the results of a finished run."""
-    return (run_dir / RESULTS_FILE).is_file()
+def is_finished(run_dir: Path, cfg: TrainConfig | None = None) -> bool:
+    """True when ``run_dir`` holds the results of a finished run (trained with ``cfg``, if given:
+    a run finished with a smaller ``steps`` budget is not, and resuming it extends it)."""
+    if not (run_dir / RESULTS_FILE).is_file():
+        return False
+    if cfg is None:
+        return True
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["train"]
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+    except (OSError, ValueError, KeyError):
+        return False
+    return saved.get("steps") == cfg.steps or (results.get("stopped_early") and saved.get("steps", 0) <= cfg.steps)
 
 
 def train_grid(run: RunConfig, cfg: TrainConfig, cells: list[str], seeds: list[int],
                out_dir: str | os.PathLike, *, resume: bool = True) -> dict[str, Any]:
     """Train every cell with every seed at ``run``'s settings (a matched parameter budget unless
-    ``run.hidden`` is set); finished runs are skipped, interrupted ones resume. Returns the
+    ``run.hidden`` is set); finished runs are skipped, interrupted ones resume, and runs finished
+    with a smaller ``steps`` budget (not stopped early) continue to the new one. Returns the
     summary (:func:`grulab.train.report.summarize`), also written to ``out_dir``.
     """
     from grulab.models import check_cell
@@ -184,7 +195,7 @@ def train_grid(run: RunConfig, cfg: TrainConfig, cells: list[str], seeds: list[i
     for cell in cells:
         for seed in seeds:
             run_dir = out / cell / f"seed{seed}"
-            if resume and is_finished(run_dir):
+            if resume and is_finished(run_dir, cfg):
                 continue
             train_run(run.replace(cell=cell), cfg.replace(seed=seed), run_dir, resume=resume, task=task,
                       description=f"{cell} seed {seed} on {run.data}")
