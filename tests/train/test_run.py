@@ -139,7 +139,10 @@ def test_cli_grid_and_summarize(tmp_path, capsys):
             "--batch-size", "8", "--cells", "rnn", "--seeds", "3", "--out", str(out), "--results-md", str(md)]
     assert main(args) == 0
     assert "tanh RNN" in capsys.readouterr().out
-    assert RESULTS_START in md.read_text() and "Produced by: `grulab" in md.read_text()
+    text = md.read_text()
+    assert RESULTS_START in text and "Produced by: `grulab train " in text
+    for piece in ("--data digits-row", "--params 400", "--no-progress", f"--out {out}", "--cells rnn", "--seeds 3"):
+        assert piece in text
     assert (out / "rnn" / "seed3" / "results.json").is_file()
     assert main(["train", "--summarize", str(out)]) == 0
     assert "tanh RNN" in capsys.readouterr().out

@@ -103,6 +103,22 @@ def resolve_configs(args: argparse.Namespace) -> tuple[RunConfig, TrainConfig]:
     return RunConfig.from_dict(run), TrainConfig.from_dict(train)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The ``grulab train`` command that reproduces ``args`` (the flags that were given)."""
+    config_fields = {**field_types(RunConfig), **field_types(TrainConfig)}
+    parts = ["grulab", "train"]
+    for name, value in vars(args).items():
+        flag = "--" + name.replace("_", "-")
+        if name in config_fields:  # present only when given (argparse.SUPPRESS)
+            if isinstance(value, bool):
+                parts.append(flag if value else "--no-" + flag[2:])
+            else:
+                parts += [flag, shlex.quote("none" if value is None else str(value))]
+        elif name not in ("func", "command") and value not in (None, False):
+            parts += [flag] if value is True else [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 def _int_list(text: str, name: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -128,7 +144,7 @@ def _main(args: argparse.Namespace) -> int:
     from grulab.train.run import train_grid, train_run
 
     console = Console()
-    command = "grulab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    command = command_line(args)
     if args.summarize:
         summary = summarize(args.summarize)
         md = write_summary(args.summarize, summary, command)
