@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m grulab demo
+	$(PY) -m grulab lab run all --quick --jobs 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests

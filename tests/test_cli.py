@@ -16,7 +16,8 @@ def test_module_entry_point_help():
     assert "demo" in out.stdout
 
 
-def test_demo_runs_briefly(capsys):
-    assert main(["demo", "--T", "20", "--steps", "100"]) == 0
-    out = capsys.readouterr().out
-    assert "GRU" in out and "tanh RNN" in out and "baseline 0.167" in out
+def test_demo_is_the_quick_lab(monkeypatch):
+    calls = []
+    monkeypatch.setattr("grulab.lab.command.lab_run", lambda name, **kw: calls.append((name, kw)) or 0)
+    assert main(["demo", "--jobs", "2"]) == 0
+    assert calls == [("all", {"quick": True, "seeds": None, "out": None, "settings": None, "jobs": 2})]

@@ -19,10 +19,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from grulab.lab.demo import DemoConfig, run_demo
+    from grulab.lab.command import lab_run
 
-    run_demo(DemoConfig(T=args.T, steps=args.steps, seed=args.seed))
-    return 0
+    return lab_run("all", quick=True, seeds=args.seeds, out=args.out, settings=args.settings, jobs=args.jobs)
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from grulab.lab.command import main as lab_main
+
+    return lab_main(args)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -68,11 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions and available engines")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("demo", help="GRU against the tanh RNN on the adding problem")
-    p.add_argument("--T", type=int, default=100, help="sequence length")
-    p.add_argument("--steps", type=int, default=1200, help="training steps per model")
-    p.add_argument("--seed", type=int, default=0)
+    from grulab.lab.command import add_arguments as add_lab_arguments
+    from grulab.lab.command import add_run_arguments as add_lab_run_arguments
+
+    p = sub.add_parser("demo", help="every lab experiment in quick form (= grulab lab run all --quick)")
+    add_lab_run_arguments(p)
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("lab", help="experiments that put the seed's claims to the test: list, run, report")
+    add_lab_arguments(p)
+    p.set_defaults(func=_cmd_lab)
     p = sub.add_parser("inspect", help="gates, gradient flow, saturation and memory horizons of models, as a page")
     p.add_argument("models", nargs="*", help="saved model files (grulab.io); none: fresh models of --cells")
     p.add_argument("--cells", default="rnn,gru,lstm", help="cells to initialise when no model file is given")

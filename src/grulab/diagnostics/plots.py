@@ -73,13 +73,22 @@ def plot_gradient_flow(flows: Mapping[str, GradientFlow], stem: str | os.PathLik
     Left: ``‖∂h_T/∂h_{T−k}‖₂`` (geometric mean over the batch) against ``k``. Right:
     ``‖∂L/∂h_t‖`` against the distance ``T − t`` from the last step.
     """
+    curves = {name: (fl.span_log10.mean(dim=1).cpu().numpy(), fl.grad_norm_by_distance.detach().cpu().numpy())
+              for name, fl in flows.items()}
+    return plot_flow_curves(curves, stem, title=title)
+
+
+def plot_flow_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], stem: str | os.PathLike, *,
+                     title: str = "", formats: Sequence[str] = FORMATS) -> list[Path]:
+    """:func:`plot_gradient_flow` from stored numbers: per model ``(span_log10 (K,), ‖∂L/∂h‖ by
+    distance (T,))``, e.g. read back from a run's results."""
     fig = Figure(figsize=(11, 4))
     ax_span, ax_grad = fig.subplots(1, 2)
-    for i, (name, fl) in enumerate(flows.items()):
+    for i, (name, (span_log10, grad)) in enumerate(curves.items()):
         c = colour(name, i)
-        span = fl.span_log10.mean(dim=1).cpu().numpy()
+        span = np.asarray(span_log10, dtype=float)
         ax_span.plot(np.arange(len(span)), _log_floor(10.0 ** span.clip(-300, 300)), color=c, label=name)
-        g = fl.grad_norm_by_distance.detach().cpu().numpy()
+        g = np.asarray(grad, dtype=float)
         ax_grad.plot(np.arange(len(g)), _log_floor(g), color=c, label=name)
     for ax, ylabel in ((ax_span, "‖∂h_T / ∂h_(T−k)‖₂"), (ax_grad, "‖∂L / ∂h_t‖")):
         ax.set_yscale("log")
@@ -88,7 +97,7 @@ def plot_gradient_flow(flows: Mapping[str, GradientFlow], stem: str | os.PathLik
         ax.grid(True, which="major", alpha=0.3)
     ax_span.legend()
     fig.suptitle(title or "Gradient flow through time")
-    return save_figure(fig, stem)
+    return save_figure(fig, stem, formats)
 
 
 def plot_horizons(horizons: Mapping[str, Horizon | Sequence[float] | np.ndarray], stem: str | os.PathLike, *,
