@@ -402,6 +402,21 @@ def _empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.empty(shape, dtype=like.dtype)
 
 
+def _outer_sum_prev(G: Tensor, states: Tensor, h0: Tensor, reverse: bool, out: Tensor,
+                    gate: Tensor | None = None) -> None:
+    """``out = sum_t G_t^T s_t`` with ``s_t = h_prev`` of step t (times ``gate_t`` if given), without
+    building the shifted state sequence: one product for the step that starts from ``h0`` and one
+    over the views of the others (their ``h_prev`` is the state of the neighbouring step)."""
+    T, B, K = G.shape
+    H = states.shape[2]
+    first, rest, prev = (T - 1, slice(0, T - 1), states[1:]) if reverse else (0, slice(1, T), states[: T - 1])
+    s_first = h0 if gate is None else gate[first] * h0
+    torch.mm(G[first].t(), s_first, out=out)
+    if T > 1:
+        s_rest = prev if gate is None else gate[rest] * prev
+        out.addmm_(G[rest].reshape((T - 1) * B, K).t(), s_rest.reshape((T - 1) * B, H))
+
+
 def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U: Tensor | None, reset: str,
             lengths: Tensor | None, reverse: bool, training: bool, recompute: bool = False
             ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
@@ -458,16 +473,14 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
     dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (eq. 13)
     dW = D.t() @ x.detach().reshape(T * B, I) if needs[2] else None  # (eq. 13)
     dU = db_W = db_U = None
-    if needs[3] or needs[5]:
-        h_prev = (torch.cat([states[1:], h0.detach()[None]]) if reverse
-                  else torch.cat([h0.detach()[None], states[:-1]])).view(T * B, H)
-        if needs[3]:
-            dU = torch.empty_like(Ud)
-            torch.mm(D[:, : 2 * H].t(), h_prev, out=dU[: 2 * H])  # (eq. 13) dU_z, dU_r
-            if after:
-                torch.mm(du_h.view(T * B, H).t(), h_prev, out=dU[2 * H :])  # dU_h = du_h^T h_prev
-            else:
-                torch.mm(D[:, 2 * H :].t(), r.view(T * B, H) * h_prev, out=dU[2 * H :])  # da_h^T (r h_prev)
+    if needs[3]:
+        h0d = h0.detach()
+        dU = torch.empty_like(Ud)
+        _outer_sum_prev(da[..., : 2 * H], states, h0d, reverse, dU[: 2 * H])  # (eq. 13) dU_z, dU_r
+        if after:
+            _outer_sum_prev(du_h, states, h0d, reverse, dU[2 * H :])  # dU_h = sum du_h^T h_prev
+        else:  # dU_h = sum da_h^T (r * h_prev)
+            _outer_sum_prev(da[..., 2 * H :], states, h0d, reverse, dU[2 * H :], gate=r)
     if b_W is not None:
         db_W = D.sum(0)
         db_U = torch.cat([db_W[: 2 * H], du_h.view(T * B, H).sum(0)]) if after else db_W.clone()
