@@ -22,7 +22,7 @@ test: lint
 	NUMBA_DISABLE_JIT=1 $(PY) -m pytest -q -m nojit tests/engine
 
 bench: $(STAMP)
-	$(PY) -m grulab bench
+	$(PY) -m grulab bench --update-readme README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
