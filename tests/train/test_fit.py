@@ -43,7 +43,7 @@ def make_model(cell: str = "rnn", seed: int = 7, **kw) -> SequenceModel:
 
 
 def quiet(**kw) -> TrainConfig:
-    return TrainConfig(progress=False, threads=1, **kw)
+    return TrainConfig(**{"progress": False, "threads": 1, **kw})
 
 
 class Crash(Exception):
@@ -289,3 +289,21 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         fit(make_model(), loss_fn, batches, None, quiet(steps=3), run_dir=tmp_path, resume=True)
+
+
+def test_threads_apply_during_fit_and_are_restored():
+    import numba
+
+    seen = []
+
+    def loss_with_probe(model, batch):
+        seen.append((torch.get_num_threads(), numba.get_num_threads()))
+        return loss_fn(model, batch)
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    fit(make_model(), loss_with_probe, batches, None, quiet(steps=2, threads=1))
+    assert seen == [(1, 1), (1, 1)]
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before
+    seen.clear()
+    fit(make_model(), loss_with_probe, batches, None, quiet(steps=1, threads=None))
+    assert seen == [before]

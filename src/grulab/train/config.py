@@ -76,8 +76,9 @@ class TrainConfig(TypedConfig):
         progress: show a progress bar with the live loss.
         device: where to train (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); under torchrun with CUDA each
             process uses its local rank's GPU.
-        threads: CPU threads for torch during training (``None``: leave torch's setting). Small
-            recurrent models train fastest with 1 thread per process, more so on a busy machine.
+        threads: CPU threads for torch and for the fused GRU engine's Numba kernels during
+            training (``None``: leave their settings). Small recurrent models train fastest with 1
+            thread per process, more so on a busy machine.
     """
 
     steps: int = 1000

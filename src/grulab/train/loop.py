@@ -240,20 +240,27 @@ def fit(
         cfg = TrainConfig.from_dict(cfg)
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig or a dict, got {type(cfg).__name__}")
-    with torch_threads(cfg.threads):
+    with cpu_threads(cfg.threads):
         return _fit(model, loss_fn, batches, evaluate, cfg, run_dir, resume, description)
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch CPU threads (``None``: unchanged), then restore."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads for torch and for the Numba kernels of the fused
+    GRU engine (``None``: unchanged), then restore both."""
+    if threads is None:
+        yield
+        return
+    import numba
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
 
 
 def _fit(

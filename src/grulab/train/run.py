@@ -30,7 +30,7 @@ from grulab.models import SequenceModel, count_parameters, hidden_for_budget
 from grulab.tasks.base import Task
 from grulab.train.config import RunConfig, TrainConfig
 from grulab.train.distributed import dist_info
-from grulab.train.loop import FitResult, fit, torch_threads
+from grulab.train.loop import FitResult, cpu_threads, fit
 
 RUN_FILE, RESULTS_FILE = "run.json", "results.json"
 
@@ -92,7 +92,7 @@ def train_run(run: RunConfig, cfg: TrainConfig, out_dir: str | os.PathLike | Non
         ``hidden`` and ``machine`` (and ``ddp``: whether all processes ended with identical weights,
         under ``torch.distributed``).
     """
-    with torch_threads(cfg.threads):
+    with cpu_threads(cfg.threads):
         return _train_run(run, cfg, out_dir, resume, task, description)
 
 
