@@ -116,15 +116,16 @@ def test_small_batch_unit_split_matches_reference(reset, B, H, monkeypatch):
 
     if cpu._threads() < 2:
         pytest.skip("needs two threads")
-    monkeypatch.setattr(cpu, "_machine_busy", lambda: False)  # exercise the split even under test load
+    ran = []
+    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: "units")  # even when slower under test load
+    monkeypatch.setattr(cpu.TUNER, "record", lambda key, path, t: ran.append(path))
     monkeypatch.setattr(cpu, "SPIN_LIMIT", 10**9)  # and never give up on the partner thread
-    monkeypatch.setitem(cpu._UNIT_SPLIT, "enabled", True)
-    assert cpu._use_unit_split(B, 20, H)
+    assert cpu._unit_split_eligible(B, 20, H)
     lengths = torch.tensor([20, 7, 0][:B])
     scale = 1 / H**0.5  # a contractive regime, where two float32 summation orders stay close
     compare(make_args(20, B, 5, H, torch.float64, seed=B, scale=scale), reset, lengths, False, "cpu", torch.float64)
     compare(make_args(20, B, 5, H, torch.float32, seed=B, scale=scale), reset, None, True, "cpu", torch.float32)
-    assert cpu._UNIT_SPLIT["enabled"]  # the split ran to the end (no abort)
+    assert ran and set(ran) == {"units"}  # the split ran to the end every time (no abort)
 
 
 def test_unit_split_falls_back_when_the_threads_cannot_meet(monkeypatch):
@@ -133,14 +134,34 @@ def test_unit_split_falls_back_when_the_threads_cannot_meet(monkeypatch):
 
     from grulab.engine import cpu
 
+    tuner = cpu.PathTuner()
+    monkeypatch.setattr(cpu, "TUNER", tuner)
     monkeypatch.setattr(cpu, "SPIN_LIMIT", 10_000)
-    monkeypatch.setattr(cpu, "_machine_busy", lambda: False)
-    monkeypatch.setitem(cpu._UNIT_SPLIT, "enabled", True)
     monkeypatch.setattr(cpu, "_threads", lambda: 2)
+    monkeypatch.setattr(tuner, "choose", lambda key, paths: "units")
     real = numba.set_num_threads
     monkeypatch.setattr(numba, "set_num_threads", lambda n: real(1))
     try:
         compare(make_args(12, 1, 3, 100, torch.float64), "after", None, False, "cpu", torch.float64)
-        assert cpu._UNIT_SPLIT["enabled"] is False
+        key = next(iter(tuner.samples))
+        assert tuner.samples[key]["units"][0] == float("inf") and tuner.samples[key]["rows"]
     finally:
         real(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():
+    from grulab.engine.cpu import PathTuner
+
+    t = PathTuner(explore=4, window=3)
+    key, paths = ("k",), ("units", "rows")
+    assert t.choose(key, paths) == "units"
+    t.record(key, "units", 5.0)  # e.g. the call that compiled the kernel
+    assert t.choose(key, paths) == "rows"
+    t.record(key, "rows", 2.0)
+    for _ in range(2):
+        t.record(key, "units", 1.0)  # the median forgets the compile
+    picks = [t.choose(key, paths) for _ in range(8)]
+    assert picks.count("units") == 6 and picks.count("rows") == 2  # every 4th call re-measures the other
+    t.record(key, "units", float("inf"))
+    t.record(key, "units", float("inf"))  # an aborted split loses until it measures fast again
+    assert t.choose(key, paths) == "rows"

@@ -22,7 +22,8 @@ float32 uses the vectorised activations of :mod:`grulab.engine._jitmath`; float6
 
 from __future__ import annotations
 
-import os
+import statistics
+import time
 
 import numba
 import numpy as np
@@ -235,26 +236,49 @@ def _pack_unit_rows(U: np.ndarray, H: int, nw: int, gates: tuple[int, ...]) -> n
     return out
 
 
-def _use_unit_split(B: int, T: int, H: int) -> bool:
-    """Split units over threads when rows alone cannot keep them busy, the work per step outweighs
-    a barrier (about half a microsecond), and the machine has a core to spare: a spin barrier whose
-    partner thread is descheduled waits a whole time slice, which makes a busy machine slower than
-    one thread."""
-    return (not numba.config.DISABLE_JIT and _UNIT_SPLIT["enabled"] and _chunks(B) == 1 and _threads() >= 2
-            and B * H >= UNIT_SPLIT_MIN_WORK and T >= 8 and not _machine_busy())
+def _unit_split_eligible(B: int, T: int, H: int) -> bool:
+    """Rows alone cannot keep two threads busy, and a step has enough work to outweigh a barrier."""
+    return (not numba.config.DISABLE_JIT and _chunks(B) == 1 and _threads() >= 2 and B * H >= UNIT_SPLIT_MIN_WORK
+            and T >= 8)
 
 
-def _machine_busy() -> bool:
-    """More runnable work (1-minute load average) than cores to give the second worker."""
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1) - 1
-    except OSError:
-        return False
+class PathTuner:
+    """Chooses between two implementations of the same call by measured speed.
+
+    Keeps, per key (shape, candidate, dtype), the last few seconds-per-step samples of each path,
+    runs the one with the lower median, and re-measures the other every ``explore``-th call, so the
+    choice follows the machine: a spin barrier is fast on an idle machine and slow on a busy one,
+    where its partner thread waits for a time slice. The median shrugs off one outlier (the call
+    that compiled the kernel, a burst of load)."""
+
+    def __init__(self, explore: int = 16, window: int = 3) -> None:
+        self.explore, self.window = explore, window
+        self.samples: dict[tuple, dict[str, list[float]]] = {}
+        self.calls: dict[tuple, int] = {}
+
+    def estimate(self, key: tuple, path: str) -> float | None:
+        s = self.samples.get(key, {}).get(path)
+        return statistics.median(s) if s else None
+
+    def choose(self, key: tuple, paths: tuple[str, str]) -> str:
+        n = self.calls.get(key, 0)
+        self.calls[key] = n + 1
+        est = {p: self.estimate(key, p) for p in paths}
+        for p in paths:
+            if est[p] is None:
+                return p
+        best, other = sorted(paths, key=lambda p: est[p])  # type: ignore[arg-type,return-value]
+        return other if n % self.explore == self.explore - 1 else best
+
+    def record(self, key: tuple, path: str, seconds_per_step: float) -> None:
+        s = self.samples.setdefault(key, {}).setdefault(path, [])
+        s.append(seconds_per_step)
+        del s[: -self.window]
 
 
 UNIT_SPLIT_MIN_WORK = 96  # B * H below which one thread is faster than two plus a barrier per step
 SPIN_LIMIT = 200_000  # pause-loop iterations (a few ms) before a worker gives up on its partner
-_UNIT_SPLIT = {"enabled": True}
+TUNER = PathTuner()
 
 
 def _fwd_unit_split(xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r, h_tilde,
@@ -272,10 +296,7 @@ def _fwd_unit_split(xp, h0, U, b_U, lengths, reverse, after, save_states, save_g
     numba.set_num_threads(nw)
     _gru_fwd_units(nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y,
                    states, z, r, h_tilde, u_h, h_n, hbuf, rhbuf, flags, SPIN_LIMIT)
-    if flags[nw * SLOT] != 0:
-        _UNIT_SPLIT["enabled"] = False  # the threads could not keep pace here: stay serial from now on
-        return False
-    return True
+    return flags[nw * SLOT] == 0  # an abort: the threads could not keep pace (nothing usable written)
 
 
 # ---------------------------------------------------------------------------------- backward
@@ -417,6 +438,23 @@ def _outer_sum_prev(G: Tensor, states: Tensor, h0: Tensor, reverse: bool, out: T
         out.addmm_(G[rest].reshape((T - 1) * B, K).t(), s_rest.reshape((T - 1) * B, H))
 
 
+def _run_forward(args: tuple, B: int, T: int, H: int, reset: str, dtype: torch.dtype) -> None:
+    """Rows over threads, or, for a small batch, units over two threads if that measures faster."""
+    if not _unit_split_eligible(B, T, H):
+        _launch(_gru_fwd_rows, _gru_fwd_parallel, B, *args)
+        return
+    key = (B, H, reset, dtype)
+    path = TUNER.choose(key, ("units", "rows"))
+    t0 = time.perf_counter()
+    if path == "units" and not _fwd_unit_split(*args):
+        TUNER.record(key, "units", float("inf"))  # aborted: re-measured later like any slow path
+        t0 = time.perf_counter()
+        path = "rows"
+    if path == "rows":
+        _launch(_gru_fwd_rows, _gru_fwd_parallel, B, *args)
+    TUNER.record(key, path, (time.perf_counter() - t0) / T)
+
+
 def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U: Tensor | None, reset: str,
             lengths: Tensor | None, reverse: bool, training: bool, recompute: bool = False
             ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
@@ -438,8 +476,7 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     args = (_np(xp), _np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_),
             _lengths_np(lengths, B, T), reverse, reset == "after", save_states, save_gates, _np(y), _np(states),
             _np(z), _np(r), _np(h_tilde), _np(u_h), _np(h_n))
-    if not (_use_unit_split(B, T, H) and _fwd_unit_split(*args)):
-        _launch(_gru_fwd_rows, _gru_fwd_parallel, B, *args)
+    _run_forward(args, B, T, H, reset, x.dtype)
     if not training:
         return y, h_n, ()
     if not save_states:
