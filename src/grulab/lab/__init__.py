@@ -17,13 +17,14 @@ from grulab.lab.exp_counting import CountingExperiment
 from grulab.lab.exp_entangled import EntangledExperiment
 from grulab.lab.exp_identity import IdentityExperiment
 from grulab.lab.exp_rare_event import RareEventExperiment
+from grulab.lab.exp_real_data import RealDataExperiment
 from grulab.lab.exp_saturation import SaturationExperiment
 from grulab.lab.exp_timescales import TimescalesExperiment
 
 # in the order of docs/claims.md
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     CopyExperiment(), AddingExperiment(), RareEventExperiment(), IdentityExperiment(), EntangledExperiment(),
-    SaturationExperiment(), CountingExperiment(), TimescalesExperiment(),
+    SaturationExperiment(), CountingExperiment(), TimescalesExperiment(), RealDataExperiment(),
 )}
 
 
