@@ -195,7 +195,7 @@ def test_training_step_for_the_bench():
 
 def test_errors():
     with pytest.raises(ValueError, match="backend must be one of"):
-        MinGRU(2, 3, backend="cpu")
+        MinGRU(2, 3, backend="gpu")
     with pytest.raises(ValueError, match="step\\(\\) needs a unidirectional MinGRU"):
         MinGRU(2, 3, bidirectional=True).step(torch.randn(1, 2))
     with pytest.raises(ValueError, match="input_size=2 features"):

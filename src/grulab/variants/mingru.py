@@ -5,9 +5,12 @@ Two engines compute the same thing (equations in :mod:`grulab.cells.mingru`):
 * ``"sequential"``: :func:`mingru_ref`, the per-step loop over :func:`mingru_cell` (M1)-(M3), the
   truth, and what streaming inference runs (one step costs O(B·H·I), no scan);
 * ``"parallel"``: :func:`mingru_parallel`, the log-space scan (M4)-(M5) over the whole sequence,
-  with no Python loop over time: how minGRU trains. Its gradient is autograd's.
+  with no Python loop over time: how minGRU trains on any device. Its gradient is autograd's.
+* ``"cpu"``: :func:`grulab.engine.mingru_cpu.mingru_cpu`, fused Numba kernels for the element-wise
+  recurrence after one input product, with the hand-derived backward (M6)-(M10).
 
-``backend="auto"`` takes the scan for sequences longer than one step and the step for ``T = 1``.
+``backend="auto"`` takes the fused kernels for float32/float64 CPU tensors; elsewhere (and while
+``torch.jit.trace`` records) the scan for sequences longer than one step and the step for ``T = 1``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from grulab.io import register
 from grulab.layers import _Recurrent
 from grulab.runtime import warn_traced_loop
 
-BACKENDS = ("auto", "parallel", "sequential")
+BACKENDS = ("auto", "cpu", "parallel", "sequential")
 
 
 def mingru_ref(
@@ -72,13 +75,36 @@ def mingru_parallel(
     return (y.flip(0) if reverse else y), h_n
 
 
-ENGINES = {"sequential": mingru_ref, "parallel": mingru_parallel}
+def mingru_cpu(x: Tensor, h0: Tensor, W: Tensor, b_W: Tensor | None, *, lengths: Tensor | None = None,
+               reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`mingru_ref` in the fused CPU kernels (:mod:`grulab.engine.mingru_cpu`, imported on
+    first use so that ``import grulab`` does not load Numba)."""
+    from grulab.engine.mingru_cpu import mingru_cpu as fused
+
+    return fused(x, h0, W, b_W, lengths=lengths, reverse=reverse)
+
+
+ENGINES = {"sequential": mingru_ref, "parallel": mingru_parallel, "cpu": mingru_cpu}
+
+
+def resolve_backend(backend: str, x: Tensor) -> str:
+    """The engine that runs ``x``: ``auto`` picks the fused kernels for float32/float64 CPU tensors
+    (except while tracing, which records torch ops), else the scan, or the step for ``T = 1``."""
+    fused_ok = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    if backend == "auto":
+        if fused_ok and not torch.jit.is_tracing():
+            return "cpu"
+        return "parallel" if x.shape[0] > 1 else "sequential"
+    if backend == "cpu" and not fused_ok:
+        raise ValueError(f"backend 'cpu' runs float32/float64 CPU tensors, got {x.dtype} on {x.device}")
+    return backend
 
 
 @register
 class MinGRU(_Recurrent):
-    r"""minGRU (Feng et al. 2024): gates and candidate from the input only, trained by a parallel
-    scan over time, run step by step for inference.
+    r"""minGRU (Feng et al. 2024): gates and candidate from the input only, so the whole sequence
+    is one input product and an element-wise recurrence (a parallel scan on accelerators, fused
+    kernels on the CPU), run step by step for inference.
 
     .. math::
         z_t = σ(W_z x_t + b_z),\quad \tilde h_t = g(W_h x_t + b_h),\quad
@@ -97,12 +123,13 @@ class MinGRU(_Recurrent):
             :class:`grulab.GRU`.
         init: ``"pytorch"`` (``U(-1/√H, 1/√H)``), ``"orthogonal"`` (Glorot-uniform blocks, zero
             biases) or ``"chrono"`` (plus ``b_z = -log u``, ``u ~ U(1, chrono_horizon - 1)``).
-        backend: ``"auto"`` (parallel scan for ``T > 1``, one step for ``T = 1``),
-            ``"parallel"`` or ``"sequential"``.
+        backend: ``"auto"`` (the fused CPU kernels for float32/float64 CPU tensors; elsewhere the
+            parallel scan for ``T > 1``, one step for ``T = 1``), ``"cpu"``, ``"parallel"`` or
+            ``"sequential"``.
 
     Example:
         >>> m = MinGRU(8, 16, num_layers=2, batch_first=True)
-        >>> out, h_n = m(torch.randn(4, 100, 8))               # training: parallel scan
+        >>> out, h_n = m(torch.randn(4, 100, 8))               # whole sequence (CPU: fused kernels)
         >>> y_t, h = m.step(torch.randn(4, 8), h_n)             # inference: one step at a time
         >>> out.shape, h_n.shape, y_t.shape
         (torch.Size([4, 100, 16]), torch.Size([2, 4, 16]), torch.Size([4, 16]))
@@ -159,9 +186,7 @@ class MinGRU(_Recurrent):
                     b_W[:H] = -torch.log(u)  # z ≈ 1 / (1 + u): a value survives about 1 + u steps
 
     def _direction(self, x, state0, params, lengths, reverse):  # noqa: ANN001
-        backend = self.backend
-        if backend == "auto":
-            backend = "parallel" if x.shape[0] > 1 else "sequential"
+        backend = resolve_backend(self.backend, x)
         if backend == "sequential":
             warn_traced_loop("MinGRU (backend='sequential')", x.shape[0])
         y, h_n = ENGINES[backend](x, state0[0], *params, lengths=lengths, reverse=reverse)

@@ -8,8 +8,11 @@
 
 Both take :class:`grulab.GRU`'s arguments and interface. While a regulariser is active (training
 with any of them, or evaluation with ``zoneout > 0``, whose expectation form (Z2) differs from the
-GRU) they run :func:`variant_gru_ref`, the per-step reference loop with autograd. The step
-equations are in :mod:`grulab.cells.lngru` and :mod:`grulab.cells.regularize`.
+GRU), and always for the layer norm, they run :func:`variant_gru_cpu` (fused kernels with the
+hand-derived backward, :mod:`grulab.engine.variants_cpu`) on float32/float64 CPU tensors and
+:func:`variant_gru_ref`, the per-step reference loop with autograd, elsewhere or with
+``backend="reference"``. The step equations are in :mod:`grulab.cells.lngru` and
+:mod:`grulab.cells.regularize`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from grulab.cells.regularize import (
     zoneout_expectation,
     zoneout_mask,
 )
-from grulab.engine.dispatch import gru_sequence
+from grulab.engine.dispatch import gru_sequence, resolve_backend
 from grulab.engine.reference import scan
 from grulab.init import init_direction_
 from grulab.io import register
@@ -101,6 +104,16 @@ def variant_gru_ref(
 
     y, (h_n,), _ = scan(step, x, (h0,), lengths, reverse)
     return y, h_n
+
+
+def variant_gru_cpu(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U: Tensor | None,
+                    **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """:func:`variant_gru_ref` in the fused CPU kernels, same arguments
+    (:func:`grulab.engine.variants_cpu.variant_gru_cpu`, imported on first use so that
+    ``import grulab`` does not load Numba)."""
+    from grulab.engine.variants_cpu import variant_gru_cpu as fused
+
+    return fused(x, h0, W, U, b_W, b_U, **kwargs)
 
 
 @register
@@ -175,8 +188,9 @@ class RegularizedGRU(_Recurrent):
                 kw["zoneout_masks"] = zoneout_mask((T, B, H), self.zoneout, x)
         else:
             kw["zoneout_p"] = self.zoneout
-        y, h_n = variant_gru_ref(x, state0[0], W, U, b_W, b_U, reset=self.reset, lengths=lengths,
-                                 reverse=reverse, **kw)
+        fused = resolve_backend(self.backend, x) == "cpu" and not torch.jit.is_tracing()
+        run = variant_gru_cpu if fused else variant_gru_ref
+        y, h_n = run(x, state0[0], W, U, b_W, b_U, reset=self.reset, lengths=lengths, reverse=reverse, **kw)
         return y, (h_n,)
 
     @property
@@ -231,7 +245,8 @@ class LayerNormGRU(RegularizedGRU):
     Args:
         as :class:`RegularizedGRU`, plus ``eps`` (added to the variance, default ``1e-5``).
 
-    The reference loop runs it (no fused kernel yet).
+    On float32/float64 CPU tensors the fused kernels run it (input-side norms for all steps at
+    once, recurrent-side norms per step inside the loop, hand-derived backward).
 
     Example:
         >>> ln = LayerNormGRU(8, 32, batch_first=True, zoneout=0.1)
