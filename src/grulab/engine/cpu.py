@@ -55,6 +55,21 @@ def _tanh_impl(x):  # noqa: ANN001, ANN202
     return (lambda x: tanh32(x)) if x.bitwidth == 32 else (lambda x: tanh64(x))
 
 
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _store(t, b, k, y_tbk, state, z, r, h_tilde, u_h, out, save_states, save_gates):  # noqa: ANN001, ANN202
+    """Write one unit's output and, when asked, its carried state and gates for the backward.
+    ``out = (y, states, z_s, r_s, ht_s, uh_s)``."""
+    y, states, z_s, r_s, ht_s, uh_s = out
+    y[t, b, k] = y_tbk
+    if save_states:
+        states[t, b, k] = state
+    if save_gates:
+        z_s[t, b, k] = z
+        r_s[t, b, k] = r
+        ht_s[t, b, k] = h_tilde
+        uh_s[t, b, k] = u_h
+
+
 # ----------------------------------------------------------------------------------- forward
 @numba.njit(**FLAGS)
 def _gru_fwd_rows(b0, b1, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s, r_s,
@@ -64,6 +79,7 @@ def _gru_fwd_rows(b0, b1, xp, h0, U, b_U, lengths, reverse, after, save_states, 
     T = xp.shape[0]
     H = h0.shape[1]
     nb = b1 - b0
+    out = (y, states, z_s, r_s, ht_s, uh_s)
     h = h0[b0:b1].copy()  # (nb, H) carried state
     u = np.empty((nb, 3 * H if after else 2 * H), h.dtype)  # recurrent pre-activations
     z = np.empty((nb, H), h.dtype)
@@ -93,17 +109,8 @@ def _gru_fwd_rows(b0, b1, xp, h0, U, b_U, lengths, reverse, after, save_states, 
             b = b0 + bb
             x_t = xp[t, b]
             if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
-                for k in range(H):
-                    y[t, b, k] = 0.0
-                if save_states:
-                    for k in range(H):
-                        states[t, b, k] = h[bb, k]
-                if save_gates:  # zero, as the reference records them (and 0 * garbage is not 0)
-                    for k in range(H):
-                        z_s[t, b, k] = 0.0
-                        r_s[t, b, k] = 0.0
-                        ht_s[t, b, k] = 0.0
-                        uh_s[t, b, k] = 0.0
+                for k in range(H):  # gates zero, as the reference records them (0 * garbage is not 0)
+                    _store(t, b, k, 0.0, h[bb, k], 0.0, 0.0, 0.0, 0.0, out, save_states, save_gates)
                 continue
             for k in range(H):
                 if after:
@@ -114,14 +121,7 @@ def _gru_fwd_rows(b0, b1, xp, h0, U, b_U, lengths, reverse, after, save_states, 
                 h_tilde = tanh(a_h)  # (eq. 3)
                 h_new = h[bb, k] + z[bb, k] * (h_tilde - h[bb, k])  # (eq. 4), rewritten
                 h[bb, k] = h_new
-                y[t, b, k] = h_new
-                if save_states:
-                    states[t, b, k] = h_new
-                if save_gates:
-                    z_s[t, b, k] = z[bb, k]
-                    r_s[t, b, k] = r[bb, k]
-                    ht_s[t, b, k] = h_tilde
-                    uh_s[t, b, k] = uh[bb, k]
+                _store(t, b, k, h_new, h_new, z[bb, k], r[bb, k], h_tilde, uh[bb, k], out, save_states, save_gates)
     for bb in range(nb):
         for k in range(H):
             h_n[b0 + bb, k] = h[bb, k]
@@ -148,6 +148,7 @@ def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, re
     other workers at a barrier (twice for reset="before", whose candidate needs all of ``r * h``)."""
     T, B = xp.shape[0], xp.shape[1]
     H = h0.shape[1]
+    out = (y, states, z_s, r_s, ht_s, uh_s)
     k0 = w * H // nw
     nk = (w + 1) * H // nw - k0
     nkmax = U_h_pk.shape[1] if not after else U_pk.shape[1] // 3
@@ -184,14 +185,7 @@ def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, re
                 h_prev = hin[b, k]
                 if skip:  # the state passes through, the output is zero
                     hout[b, k] = h_prev
-                    y[t, b, k] = 0.0
-                    if save_states:
-                        states[t, b, k] = h_prev
-                    if save_gates:
-                        z_s[t, b, k] = 0.0
-                        r_s[t, b, k] = 0.0
-                        ht_s[t, b, k] = 0.0
-                        uh_s[t, b, k] = 0.0
+                    _store(t, b, k, 0.0, h_prev, 0.0, 0.0, 0.0, 0.0, out, save_states, save_gates)
                     continue
                 if after:
                     a_h = x_t[2 * H + k] + r[b, j] * uh[b, j]  # (eq. 3a)
@@ -201,14 +195,7 @@ def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, re
                 h_tilde = tanh(a_h)  # (eq. 3)
                 h_new = h_prev + z[b, j] * (h_tilde - h_prev)  # (eq. 4), rewritten
                 hout[b, k] = h_new
-                y[t, b, k] = h_new
-                if save_states:
-                    states[t, b, k] = h_new
-                if save_gates:
-                    z_s[t, b, k] = z[b, j]
-                    r_s[t, b, k] = r[b, j]
-                    ht_s[t, b, k] = h_tilde
-                    uh_s[t, b, k] = uh[b, j]
+                _store(t, b, k, h_new, h_new, z[b, j], r[b, j], h_tilde, uh[b, j], out, save_states, save_gates)
         phase += 1
         if not barrier(flags, w, nw, phase, spin_limit):  # the new state is complete
             return
