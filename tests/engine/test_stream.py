@@ -73,3 +73,14 @@ def test_native_backend_matches_the_fused_engine(bidirectional):
             assert_close("grad", b, a, 1e-10, relative=True)
     with pytest.raises(ValueError, match="only has the reset='after' candidate"):
         grulab.GRU(4, 6, reset="before", backend="native")
+
+
+def test_stream_takes_bfloat16_input_and_keeps_a_float32_state():
+    gru = grulab.GRU(3, 4)
+    s = gru.stream()
+    x = torch.randn(6, 3).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = torch.stack([s.step(x_t).clone() for x_t in x])
+    y, _ = gru(x.float())
+    assert outs.dtype == torch.float32
+    assert_close("bf16 input", outs, y, 2e-6)

@@ -106,7 +106,10 @@ class GRUStream:
 
     def step(self, x_t: Tensor | np.ndarray) -> Tensor:
         """Advance every layer by one step; returns the last layer's state (a view, see class doc)."""
-        arr = x_t.detach().numpy() if isinstance(x_t, Tensor) else np.asarray(x_t)
+        if isinstance(x_t, Tensor):  # any float dtype (bfloat16 under autocast): the state stays in the model's
+            arr = x_t.detach().to("cpu", self.dtype if x_t.is_floating_point() else x_t.dtype).numpy()
+        else:
+            arr = np.asarray(x_t)
         squeeze = arr.ndim == 1
         if arr.shape not in ((self.batch_size, self.input_size),) + (((self.input_size,),) if self.batch_size == 1
                                                                       else ()):
