@@ -26,6 +26,14 @@ def test_one_tiny_run(tmp_path):
     assert m["metric"] == "nll" and m["steps"] == 4 and m["parameters"] > 15_000
     assert set(m["baselines"]) == {"majority class", "class prior", "chance"}
     assert (tmp_path / spec.run_id / "model.safetensors").is_file()
+    from grulab import io
+    from grulab.train.config import RunConfig
+    from grulab.train.run import build_model, make_task
+
+    init = io.load(tmp_path / spec.run_id / "model_init.safetensors")  # the weights training started from
+    run = RunConfig(data="digits-row", cell=spec.params["cell"], params=cfg.params, batch_size=cfg.batch)
+    fresh = build_model(run, make_task(run), spec.seed)
+    assert all((a == b).all() for a, b in zip(init.state_dict().values(), fresh.state_dict().values(), strict=True))
 
 
 def fake(data, cell, seed, test, metric="nll", baselines=None):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grulab import io
 from grulab.lab.core import (
     Analysis,
     Check,
@@ -26,10 +27,10 @@ from grulab.lab.core import (
     stat_of,
 )
 from grulab.lab.figures import bar_plot
-from grulab.lab.training import CELL_LABELS, machine
+from grulab.lab.training import CELL_LABELS, INIT_FILE, machine
 from grulab.train.config import RunConfig, TrainConfig
 from grulab.train.report import DATA_NAMES, PUBLISHED
-from grulab.train.run import train_run
+from grulab.train.run import build_model, make_task, train_run
 
 MUSIC = ("jsb", "nottingham", "musedata", "piano")
 
@@ -94,7 +95,11 @@ class RealDataExperiment(Experiment):
         train = TrainConfig(steps=cfg.steps, lr=cfg.lr, optimizer="rmsprop", clip=cfg.clip,
                             weight_noise=cfg.weight_noise, eval_every=cfg.eval_every, patience=cfg.patience,
                             checkpoint_every=cfg.checkpoint_every, seed=spec.seed, progress=progress, threads=1)
-        r = train_run(run, train, run_dir, resume=True, description=f"real data {spec.run_id}").results
+        task = make_task(run)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / INIT_FILE).is_file():  # the lab's run folders keep the initial weights
+            io.save(build_model(run, task, spec.seed), run_dir / INIT_FILE)
+        r = train_run(run, train, run_dir, resume=True, task=task, description=f"real data {spec.run_id}").results
         metric = r["task"]["monitor"].removeprefix("valid_")
         test = r["test"][f"test_{metric}"]
         return {"metric": metric, "test": test, "valid": r["valid"][f"valid_{metric}"], "scores": r["test"],
