@@ -9,7 +9,7 @@ from grulab.cli import main
 from grulab.lab import EXPERIMENTS
 from grulab.lab.core import Check, apply_overrides, clearly_less, stat, verdict
 from grulab.lab.exp_copy import CopyConfig
-from grulab.lab.report import BEGIN, END, build_report, write_between_markers
+from grulab.lab.report import build_report, markers, write_between_markers
 from grulab.lab.runner import make_plan, run_lab
 
 # seconds per run: tiny models, a handful of steps, short sequences
@@ -17,6 +17,8 @@ TINY = {"steps": "3", "eval_every": "2", "checkpoint_every": "2", "batch": "4", 
         "valid_size": "8", "test_size": "8", "delays": "3", "variants": "rnn:default,gru:chrono,lstm:default",
         "lengths": "6", "ablation_T": "6", "flow_T": "6", "flow_batch": "3", "cells": "rnn,gru,lstm",
         "rarities": "0.5", "T": "6", "n_train": "3", "n_test": "6", "probe_size": "4", "scales": "1,10"}
+# the synthetic experiments (real_data, another file of the lab, has its own tests)
+SYNTHETIC = ["copy", "adding", "rare_event", "identity", "entangled", "saturation", "counting", "timescales"]
 RUN_FILES = ("spec.json", "config.json", "metrics.jsonl", "model.safetensors", "model_init.safetensors",
              "checkpoint.safetensors", "result.json")
 
@@ -24,14 +26,14 @@ RUN_FILES = ("spec.json", "config.json", "metrics.jsonl", "model.safetensors", "
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     out = tmp_path_factory.mktemp("lab")
-    plan = run_lab(["all"], out, quick=True, overrides=TINY)
+    plan = run_lab(SYNTHETIC, out, quick=True, overrides=TINY)
     return out, plan
 
 
 def test_every_experiment_runs_and_writes_its_files(lab):
     out, plan = lab
     names = [exp.name for exp, _, _ in plan.experiments]
-    assert set(names) == set(EXPERIMENTS)
+    assert names == SYNTHETIC and set(SYNTHETIC) <= set(EXPERIMENTS)
     assert plan.total > 20
     for exp, _, specs in plan.experiments:
         for spec in specs:
@@ -49,7 +51,7 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(lab, capsys):
     victim = out / "counting" / "gru-N3-s0"
     (victim / "result.json").unlink()  # as if the process died after training, before the result
     capsys.readouterr()
-    run_lab(["all"], out, quick=True, overrides=TINY)
+    run_lab(SYNTHETIC, out, quick=True, overrides=TINY)
     printed = capsys.readouterr().out
     assert f"({len(stamps) - 1} already finished, 1 to run" in printed
     assert (victim / "result.json").is_file()
@@ -78,18 +80,22 @@ def test_report_from_run_folders(lab, tmp_path):
     report = build_report(out, tmp_path / "report", results_md=md_target)
     html = report.html.read_text()
     assert html.count("data:image/png;base64,") >= 10  # figures embedded: one self-contained file
-    for exp in EXPERIMENTS.values():
+    for name in SYNTHETIC:
+        exp = EXPERIMENTS[name]
         assert f"{exp.number}. {exp.title}" in html
     rows = {row[0]: row for row in report.summary_rows}
     assert all(row[2] in ("reproduced", "not reproduced", "mixed", "undetermined") for row in rows.values())
     numbers = json.loads(report.results.read_text())
     assert numbers["copy"]["quick"] is True and numbers["copy"]["runs"] == 3
     text = md_target.read_text()
+    BEGIN, END = markers()
     assert "hand-written intro" in text and "## Real data\nkept as is" in text
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert "](report/figures/copy/copy_ce.png)" in text  # links relative to the Markdown file
     write_between_markers(md_target, "new lab section")  # rewriting replaces the block, keeps the rest
+    write_between_markers(md_target, "other section", section="real-data")  # another report's block
     text = md_target.read_text()
+    assert text.count(BEGIN) == 1 and "<!-- real-data:begin -->\nother section\n<!-- real-data:end -->" in text
     assert text.count(BEGIN) == 1 and "new lab section" in text and "copy_ce.png" not in text
     assert "hand-written intro" in text and "## Real data\nkept as is" in text
 

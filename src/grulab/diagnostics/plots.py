@@ -22,9 +22,13 @@ COLOURS = {"rnn": "#d62728", "gru": "#1f77b4", "gru_before": "#17becf", "lstm": 
 
 
 def colour(name: str, i: int = 0) -> str:
-    """A stable colour for a model name (its family's when the name starts with one)."""
-    for key in sorted(COLOURS, key=len, reverse=True):
-        if name.lower().startswith(key):
+    """A stable colour for a model name or label (``"gru_before"``, ``"GRU (reset before)"``,
+    ``"tanh RNN"``, ``"lstm, chrono"``...): its family's, or matplotlib's cycle otherwise."""
+    low = name.lower()
+    if low.startswith("gru") and ("before" in low):
+        return COLOURS["gru_before"]
+    for key in ("gru", "lstm", "rnn"):
+        if low.startswith(key) or low.startswith(f"tanh {key}"):
             return COLOURS[key]
     return f"C{i % 10}"
 

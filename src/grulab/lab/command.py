@@ -32,13 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="lab_command", required=True)
     sub.add_parser("list", help="the experiments, the claim each tests and its settings")
     p = sub.add_parser("run", help="run experiments (finished runs are skipped), then write the report")
-    p.add_argument("name", help="an experiment name (see `grulab lab list`) or 'all'")
+    p.add_argument("names", nargs="+", metavar="NAME", help="experiment names (see `grulab lab list`) or 'all'")
     add_run_arguments(p)
     p = sub.add_parser("report", help="one self-contained HTML report and a Markdown summary from a lab folder")
     p.add_argument("dir", help="the lab folder given to `grulab lab run --out`")
     p.add_argument("--report-dir", default=None, help="where to write the report (default DIR/report)")
     p.add_argument("--results-md", default=None,
-                   help="also write the Markdown between the lab markers of this file (e.g. docs/results.md)")
+                   help="also write the Markdown between the markers <!-- SECTION:begin --> and <!-- SECTION:end --> "
+                        "of this file (e.g. docs/results.md)")
+    p.add_argument("--section", default="lab", help="the marker name for --results-md (default: lab)")
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,7 +81,7 @@ def print_summary(report: object, console: Console) -> None:
     console.print(f"summary: {Path(report.markdown).resolve()}")  # type: ignore[attr-defined]
 
 
-def lab_run(name: str, *, quick: bool, seeds: int | None, out: str | None, settings: list[str] | None,
+def lab_run(names: str | list[str], *, quick: bool, seeds: int | None, out: str | None, settings: list[str] | None,
             jobs: int, console: Console | None = None) -> int:
     """Run the experiments, then build the report and print its verdict table and path."""
     from grulab.lab.report import build_report
@@ -87,16 +89,17 @@ def lab_run(name: str, *, quick: bool, seeds: int | None, out: str | None, setti
 
     console = console or Console()
     folder = out or default_out(quick)
-    run_lab([name], folder, quick=quick, seeds=seeds, overrides=parse_settings(settings), jobs=jobs, console=console)
+    run_lab([names] if isinstance(names, str) else list(names), folder, quick=quick, seeds=seeds,
+            overrides=parse_settings(settings), jobs=jobs, console=console)
     print_summary(build_report(folder), console)
     return 0
 
 
-def lab_report(folder: str, report_dir: str | None = None, results_md: str | None = None,
+def lab_report(folder: str, report_dir: str | None = None, results_md: str | None = None, section: str = "lab",
                console: Console | None = None) -> int:
     from grulab.lab.report import build_report
 
-    print_summary(build_report(folder, report_dir, results_md=results_md), console or Console())
+    print_summary(build_report(folder, report_dir, results_md=results_md, section=section), console or Console())
     return 0
 
 
@@ -105,6 +108,6 @@ def main(args: argparse.Namespace) -> int:
         lab_list()
         return 0
     if args.lab_command == "run":
-        return lab_run(args.name, quick=args.quick, seeds=args.seeds, out=args.out, settings=args.settings,
+        return lab_run(args.names, quick=args.quick, seeds=args.seeds, out=args.out, settings=args.settings,
                        jobs=args.jobs)
-    return lab_report(args.dir, args.report_dir, args.results_md)
+    return lab_report(args.dir, args.report_dir, args.results_md, args.section)

@@ -117,7 +117,9 @@ class CopyExperiment(Experiment):
         a = Analysis()
         by = group(results, "cell", "init", "T")
         delays = sorted({r["T"] for r in results})
-        variants = list(dict.fromkeys((r["cell"], r["init"]) for r in results))
+        present = {(r["cell"], r["init"]) for r in results}
+        variants = [tuple(v.split(":")) for v in cfg.variants if tuple(v.split(":")) in present]
+        variants += sorted(present - set(variants))  # runs of variants no longer configured
         rows_ce, rows_acc = [], []
         series_ce, series_acc = {}, {}
         for cell, init in variants:

@@ -28,7 +28,7 @@ from grulab.lab.core import (
 )
 from grulab.lab.exp_adding import SOLVED as ADDING_SOLVED
 from grulab.lab.exp_copy import SOLVED as COPY_SOLVED
-from grulab.lab.figures import histogram_plot
+from grulab.lab.figures import gate_histograms
 from grulab.lab.training import CELL_LABELS, TEST_SEED, held_out, load_init, load_trained
 from grulab.tasks.synthetic import adding_problem, copy_task
 
@@ -92,7 +92,7 @@ class IdentityExperiment(Experiment):
                 others: dict[str, list[RunResult]]) -> Analysis:
         a = Analysis()
         rows_run: list[dict[str, Any]] = []
-        pooled: dict[str, list[np.ndarray]] = {}
+        pooled: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {}
         for task in ("copy", "adding"):
             for r in others.get(task, []):
                 if r["cell"] not in GATED or not (r.path / "model.safetensors").is_file():
@@ -108,12 +108,12 @@ class IdentityExperiment(Experiment):
                     row[f"hold_{when}"] = float(np.median(zh)) if zh.size else float("nan")
                     row[f"write_{when}"] = float(np.median(zw)) if zw.size else float("nan")
                     row[f"closed_{when}"] = float((zh < CLOSED).mean()) if zh.size else float("nan")
-                    family = "LSTM 1 − f" if r["cell"] == "lstm" else "GRU z"
-                    if when == "trained" or r["seed"] == 0:
-                        rng = np.random.default_rng(0)
-                        for kind, vals in (("hold", zh), ("write", zw)):
-                            take = vals if vals.size <= 4000 else rng.choice(vals, 4000, replace=False)
-                            pooled.setdefault(f"{task}|{family}, {kind} steps, {when}", []).append(take)
+                    family = "LSTM: 1 − f" if r["cell"] == "lstm" else "GRU (both candidates): z"
+                    rng = np.random.default_rng(0)
+                    for kind, vals in (("hold", zh), ("write", zw)):
+                        take = vals if vals.size <= 4000 else rng.choice(vals, 4000, replace=False)
+                        panel = pooled.setdefault(task, {}).setdefault(family, {})
+                        panel.setdefault(f"{kind} steps, {when}", []).append(take)
                 rows_run.append(row)
         by = {}
         for row in rows_run:
@@ -128,12 +128,12 @@ class IdentityExperiment(Experiment):
                               "over all delays and seeds",
                               ["task", "model, init", "solved runs", "hold, at init", "hold, trained",
                                "write steps, trained", f"share of hold values < {CLOSED}"], table))
-        for task in ("copy", "adding"):
-            data = {k.split("|", 1)[1]: np.concatenate(v) for k, v in pooled.items() if k.startswith(task + "|")}
-            if data:
-                a.figures.append((f"{task}: distribution of z (LSTM: 1 − f) on hold and write steps",
-                                  histogram_plot(data, fig_dir / f"identity_{task}", xlabel="z (GRU) / 1 − f (LSTM)",
-                                                 title=f"{task}: write gate on hold and write steps")))
+        for task, panels in pooled.items():
+            data = {fam: {k: np.concatenate(v) for k, v in series.items()} for fam, series in panels.items()}
+            a.figures.append((f"{task}: distribution of z (LSTM: 1 − f) on hold and write steps, at initialisation "
+                              "and after training",
+                              gate_histograms(data, fig_dir / f"identity_{task}", xlabel="share of the state replaced",
+                                              title=f"{task}: the write gate on hold and write steps")))
         grus = [r for r in rows_run if r["cell"] in ("gru", "gru_before")]
         solved = [r for r in grus if r["solved"]]
         hold = stat(r["hold_trained"] for r in solved)

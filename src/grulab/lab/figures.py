@@ -81,20 +81,23 @@ def bar_plot(groups: Sequence[str], series: Mapping[str, Sequence[Stat]], stem: 
     return save_figure(fig, stem, formats=FORMATS)[0]
 
 
-def histogram_plot(data: Mapping[str, np.ndarray], stem: str | os.PathLike, *, xlabel: str, title: str,
-                   bins: np.ndarray | None = None, logy: bool = True) -> Path:
-    """Overlaid step histograms (densities) on shared bins."""
-    fig = Figure(figsize=(7, 4.2))
-    ax = fig.subplots()
-    bins = np.linspace(0, 1, 41) if bins is None else bins
-    for i, (label, values) in enumerate(data.items()):
-        if len(values):
-            ax.hist(values, bins=bins, histtype="step", linewidth=1.6, density=True, label=label,
-                    color=colour(label, i), linestyle=_style(label) if "hold" not in label else "-")
-    if logy:
+def gate_histograms(panels: Mapping[str, Mapping[str, np.ndarray]], stem: str | os.PathLike, *, xlabel: str,
+                    title: str) -> Path:
+    """One panel per model family; in each, step histograms (densities) keyed ``"<hold|write>, <init|trained>"``:
+    colour tells hold from write steps, line style initialisation (dashed) from trained (solid)."""
+    fig = Figure(figsize=(5.5 * max(1, len(panels)), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels))))
+    bins = np.linspace(0, 1, 41)
+    for ax, (panel, series) in zip(axes, panels.items(), strict=False):
+        for label, values in series.items():
+            if len(values):
+                ax.hist(values, bins=bins, histtype="step", linewidth=1.6, density=True, label=label,
+                        color="#1f77b4" if label.startswith("hold") else "#ff7f0e",
+                        linestyle="--" if "init" in label else "-")
         ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density")
+        ax.set_title(panel)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     return save_figure(fig, stem, formats=FORMATS)[0]

@@ -9,7 +9,8 @@
 * ``figures/<experiment>/*.png|svg``.
 
 With ``results_md``, the Markdown is also written between the markers ``<!-- lab:begin -->`` and
-``<!-- lab:end -->`` of that file (other sections of it are left as they are).
+``<!-- lab:end -->`` of that file (``section`` renames them; other parts of the file are left as
+they are), so several reports can share one results page.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from grulab.io import atomic_write_bytes
 from grulab.lab.core import Analysis, Experiment, RunResult, config_from_dict, fmt_number
 from grulab.lab.runner import EXPERIMENT_FILE, RESULT_FILE
 
-BEGIN, END = "<!-- lab:begin -->", "<!-- lab:end -->"
+
+def markers(section: str = "lab") -> tuple[str, str]:
+    """The comment lines that delimit a generated section of a Markdown file."""
+    if not section or not all(c.isalnum() or c in "-_" for c in section):
+        raise ValueError(f"section must be a name of letters, digits, '-' or '_', got {section!r}")
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 VERDICT_CLASS = {"reproduced": "reproduced", "not reproduced": "not-reproduced", "mixed": "mixed",
                  "undetermined": "muted"}
 
@@ -63,20 +69,21 @@ def _machines(results: list[RunResult]) -> list[str]:
 
 
 def build_report(lab_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None, *,
-                 results_md: str | os.PathLike | None = None, title: str = "grulab lab report") -> Report:
+                 results_md: str | os.PathLike | None = None, title: str = "grulab lab report",
+                 section: str = "lab") -> Report:
     """Analyse every experiment found in ``lab_dir`` and write the report (module docstring)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the analyses trace small models: threads only slow them down
     try:
-        return _build_report(lab_dir, report_dir, results_md, title)
+        return _build_report(lab_dir, report_dir, results_md, title, section)
     finally:
         torch.set_num_threads(threads)
 
 
 def _build_report(lab_dir: str | os.PathLike, report_dir: str | os.PathLike | None,
-                  results_md: str | os.PathLike | None, title: str) -> Report:
+                  results_md: str | os.PathLike | None, title: str, section: str) -> Report:
     from grulab.lab import EXPERIMENTS
 
     lab_dir = Path(lab_dir)
@@ -134,7 +141,7 @@ def _build_report(lab_dir: str | os.PathLike, report_dir: str | os.PathLike | No
     atomic_write_bytes(report.markdown, f"# {title}\n\n{md}".encode())
     atomic_write_bytes(report.results, (json.dumps(numbers, indent=1, sort_keys=True, default=str) + "\n").encode())
     if results_md is not None:
-        write_between_markers(Path(results_md), _relink(md, report_dir, Path(results_md).parent))
+        write_between_markers(Path(results_md), _relink(md, report_dir, Path(results_md).parent), section)
     return report
 
 
@@ -185,13 +192,14 @@ def _relink(md: str, report_dir: Path, target_dir: Path) -> str:
     return md.replace("](figures/", f"]({prefix}/figures/")
 
 
-def write_between_markers(path: Path, content: str) -> None:
-    """Put ``content`` between ``BEGIN`` and ``END`` in ``path`` (appending the markers if absent),
+def write_between_markers(path: Path, content: str, section: str = "lab") -> None:
+    """Put ``content`` between the ``section``'s markers in ``path`` (appending them if absent),
     leaving everything outside them unchanged."""
+    begin, end = markers(section)
     text = path.read_text() if path.is_file() else ""
-    block = f"{BEGIN}\n{content.rstrip()}\n{END}"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    block = f"{begin}\n{content.rstrip()}\n{end}"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
     atomic_write_bytes(path, text.encode())

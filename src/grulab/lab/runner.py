@@ -70,6 +70,13 @@ def execute(name: str, cfg_data: dict[str, Any], spec: RunSpec, run_dir: str, pr
         torch.set_num_threads(threads)
 
 
+def run_cost(spec: RunSpec) -> float:
+    """Rough cost of a run: sequence length times optimiser steps."""
+    p = spec.params
+    length = p.get("T") or 2 * p.get("n_train", 10) + 1
+    return float(length) * float(p.get("steps", 1))
+
+
 def _execute(exp: Experiment, cfg_data: dict[str, Any], spec: RunSpec, run_dir: str, progress: bool) -> dict[str, Any]:
     cfg = config_from_dict(exp.Config, cfg_data)
     path = Path(run_dir)
@@ -100,7 +107,7 @@ def resolve(names: Sequence[str]) -> list[Experiment]:
     """Experiments by name (``"all"``: every one), with those they require first, no repeats."""
     from grulab.lab import EXPERIMENTS, get_experiment
 
-    wanted = list(EXPERIMENTS) if list(names) == ["all"] else list(names)
+    wanted = list(EXPERIMENTS) if "all" in names else list(names)
     out: list[Experiment] = []
 
     def add(n: str) -> None:
@@ -170,8 +177,9 @@ def run_lab(
         for spec in specs:
             if not is_finished(exp_dir / spec.run_id, spec):
                 todo.append((exp.name, cfg.to_dict(), spec, str(exp_dir / spec.run_id)))
-    # seed 0 of every experiment first: a lab stopped part-way still has every experiment in its report
-    todo.sort(key=lambda item: item[2].seed)
+    # two seeds of every setting first, cheapest first, then the other seeds: a lab stopped part-way
+    # still has every experiment in its report, with a spread to compare where it could afford one
+    todo.sort(key=lambda item: (item[2].seed >= 2, item[2].seed >= 2 and item[2].seed, run_cost(item[2])))
     skipped = plan.total - len(todo)
     console.print(f"[bold]grulab lab[/bold]: {len(plan.experiments)} experiment(s), {plan.total} runs "
                   f"({skipped} already finished, {len(todo)} to run, {jobs} job(s)) in {out}")
