@@ -140,12 +140,14 @@ def test_cli_grid_and_summarize(tmp_path, capsys):
     assert main(args) == 0
     assert "tanh RNN" in capsys.readouterr().out
     text = md.read_text()
-    assert RESULTS_START in text and "Produced by: `grulab train " in text
+    assert RESULTS_START in text and "Trained by: `grulab train " in text
     for piece in ("--data digits-row", "--params 400", "--no-progress", f"--out {out}", "--cells rnn", "--seeds 3"):
         assert piece in text
     assert (out / "rnn" / "seed3" / "results.json").is_file()
     assert main(["train", "--summarize", str(out)]) == 0
-    assert "tanh RNN" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tanh RNN" in printed and "Trained by: `grulab train " in printed  # the grid's command, kept
+    assert f"Summary by: `grulab train --summarize {out}`" in printed and "load average" in printed
     assert main(["train", "--summarize", str(tmp_path / "empty")]) == 2
 
 

@@ -15,11 +15,14 @@ processes.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from grulab.io import atomic_write_bytes
 from grulab.train.config import RunConfig, TrainConfig, field_types
 from grulab.train.presets import DEFAULT_PRESET, PRESETS, preset_for
 
@@ -140,7 +143,7 @@ def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from grulab.train.distributed import dist_info, init_from_env, shutdown
-    from grulab.train.report import insert_results_section, summarize, summary_markdown, write_summary
+    from grulab.train.report import GRID_FILE, insert_results_section, summarize, summary_markdown, write_summary
     from grulab.train.run import train_grid, train_run
 
     console = Console()
@@ -150,7 +153,7 @@ def _main(args: argparse.Namespace) -> int:
         md = write_summary(args.summarize, summary, command)
         if args.results_md:
             insert_results_section(args.results_md, summary_markdown(summary, command))
-        console.print(md.read_text())
+        print(md.read_text())
         return 0
     run, cfg = resolve_configs(args)
     info = init_from_env(cfg.device)
@@ -159,12 +162,15 @@ def _main(args: argparse.Namespace) -> int:
         if args.cells or args.seeds:
             cells = args.cells.split(",") if args.cells else [run.cell]
             seeds = _int_list(args.seeds, "seeds") if args.seeds else [cfg.seed]
+            if info.is_main:  # the summary names the command that trained the runs
+                Path(out).mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(Path(out) / GRID_FILE, (json.dumps({"command": command}) + "\n").encode())
             summary = train_grid(run, cfg, cells, seeds, out, resume=True)
             if info.is_main:
                 md = write_summary(out, summary, command)
                 if args.results_md:
                     insert_results_section(args.results_md, summary_markdown(summary, command))
-                console.print(md.read_text())
+                print(md.read_text())
             return 0
         result = train_run(run, cfg, out, resume=args.resume)
         if dist_info().is_main:

@@ -17,7 +17,7 @@ from typing import Any
 from grulab.io import atomic_write_bytes
 from grulab.train.loop import METRICS_FILE
 
-SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
+SUMMARY_JSON, SUMMARY_MD, GRID_FILE = "summary.json", "summary.md", "grid.json"
 RESULTS_START, RESULTS_END = "<!-- real-data:start -->", "<!-- real-data:end -->"
 CELL_NAMES = {"rnn": "tanh RNN", "gru": "GRU (reset after)", "gru_before": "GRU (reset before)", "lstm": "LSTM",
               "mingru": "minGRU"}
@@ -127,7 +127,11 @@ def summarize(out_dir: str | Path) -> dict[str, Any]:
         baselines[data] = {name: {k: v for k, v in scores.items() if k.endswith(f"_{metric}")}
                            for name, scores in rs[0]["baselines"].items()}
     datas = sorted({row["data"] for row in rows})
+    loads = [r["machine"]["load_average"][0] for r in runs if r.get("machine", {}).get("load_average")]
+    grid = out / GRID_FILE
     return {"groups": rows, "baselines": baselines,
+            "command": json.loads(grid.read_text()).get("command") if grid.is_file() else None,
+            "load_average": [min(loads), max(loads)] if loads else None,
             "published": {d: PUBLISHED[d] for d in datas if d in PUBLISHED},
             "verdicts": {d: ordering_verdict([r for r in rows if r["data"] == d]) for d in datas},
             "machine": runs[0].get("machine", {}), "runs": len(runs),
@@ -186,23 +190,26 @@ def summary_markdown(summary: dict[str, Any], command: str | None = None) -> str
         metric = rows[0]["metric"]
         published = summary.get("published", {}).get(data, {})
         seeds = sorted({s for r in rows for s in r["seeds"]})
-        lines.append(f"#### {DATA_NAMES.get(data, data)}: test {metric}, mean ± std over {len(seeds)} seeds "
+        lines.append(f"#### {DATA_NAMES.get(data, data)}: test {metric}, mean ± std over seeds "
                      f"({', '.join(map(str, seeds))})")
         lines.append("")
-        head = ["cell", "hidden", "parameters", f"valid {metric}", f"test {metric}", *published, "best step",
-                "seconds per run"]
+        head = ["cell", "hidden", "parameters", "seeds", f"valid {metric}", f"test {metric}", *published,
+                "best step", "steps", "seconds per run"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for r in rows:
             pub = [f"{p['values'][r['cell']]:.2f}" if r["cell"] in p["values"] else "" for p in published.values()]
             lines.append(f"| {CELL_NAMES.get(r['cell'], r['cell'])} | {r['hidden']} | {r['parameters']:,} | "
-                         f"{_fmt(r['valid_mean'], r['valid_std'])} | {_fmt(r['test_mean'], r['test_std'])} | "
-                         + " | ".join([*pub, f"{r['best_step']:.0f}", f"{r['seconds']:.0f}"]) + " |")
+                         f"{len(r['seeds'])} | {_fmt(r['valid_mean'], r['valid_std'])} | "
+                         f"{_fmt(r['test_mean'], r['test_std'])} | "
+                         + " | ".join([*pub, f"{r['best_step']:.0f}", f"{r['steps']:.0f}", f"{r['seconds']:.0f}"])
+                         + " |")
         for name, scores in summary["baselines"].get(data, {}).items():
             v, t = scores.get(f"valid_{metric}"), scores.get(f"test_{metric}")
             if t is None:
                 continue
-            lines.append(f"| {name} (baseline) | | | {v:.3f} | {t:.3f} | " + " | " * len(published) + " |")
+            cells = [f"{name} (baseline)", "", "", "", f"{v:.3f}", f"{t:.3f}", *[""] * (len(head) - 6)]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         verdict = summary["verdicts"].get(data, {})
         if verdict.get("verdict", "n/a") != "n/a":
@@ -219,12 +226,19 @@ def summary_markdown(summary: dict[str, Any], command: str | None = None) -> str
         if published:
             lines.append("")
     m = summary.get("machine", {})
+    load = summary.get("load_average")
     lines.append(f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} with "
                  f"{m.get('torch_threads', '?')} threads, {m.get('world_size', 1)} process(es). "
-                 f"{summary['runs']} runs, {summary['total_seconds'] / 60:.1f} minutes of training in all.")
-    if command:
+                 f"{summary['runs']} runs, {summary['total_seconds'] / 60:.1f} minutes of training in all"
+                 + (f"; the 1-minute load average at the end of the runs was {load[0]:.1f} to {load[1]:.1f} on "
+                    f"{m.get('cores', '?')} cores (a shared machine: times are noisy)" if load else "") + ".")
+    trained_by = summary.get("command")
+    if trained_by:
         lines.append("")
-        lines.append(f"Produced by: `{command}`")
+        lines.append(f"Trained by: `{trained_by}`")
+    if command and command != trained_by:
+        lines.append("")
+        lines.append(f"Summary by: `{command}`")
     return "\n".join(lines) + "\n"
 
 

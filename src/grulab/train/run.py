@@ -71,7 +71,8 @@ def machine_info() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "world_size": dist_info().world_size,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def train_run(run: RunConfig, cfg: TrainConfig, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
