@@ -55,6 +55,19 @@ def test_jsb_standard_split_and_unigram_baseline():
     assert base["test_nll"] == pytest.approx(11.06, abs=0.01)  # ../shared/data/README.md
 
 
+@pytest.mark.parametrize("name, counts", [
+    ("nottingham", {"train": (694, 176_561), "valid": (173, 45_513), "test": (170, 44_463)}),
+    ("musedata", {"train": (524, 245_202), "valid": (135, 82_755), "test": (124, 64_339)}),
+    ("piano", {"train": (87, 75_911), "valid": (12, 8_540), "test": (25, 19_036)}),
+])
+def test_other_benchmarks_match_their_documented_sizes(name, counts):
+    try:
+        rolls = load_polyphonic(name)
+    except FileNotFoundError as e:
+        pytest.skip(f"{name} not available: {e}")
+    assert {s: (len(r), sum(x.shape[0] for x in r)) for s, r in rolls.items()} == counts  # ../shared/data/README.md
+
+
 def test_find_data_order_and_errors(tmp_path, monkeypatch):
     target = tmp_path / "polyphonic" / "JSB_Chorales.mat"
     target.parent.mkdir()
