@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ class FitResult:
     seconds: float
     steps: int
     run_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> dict[str, Any] | None:
