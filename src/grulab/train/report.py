@@ -128,9 +128,8 @@ def summarize(out_dir: str | Path) -> dict[str, Any]:
                            for name, scores in rs[0]["baselines"].items()}
     datas = sorted({row["data"] for row in rows})
     loads = [r["machine"]["load_average"][0] for r in runs if r.get("machine", {}).get("load_average")]
-    grid = out / GRID_FILE
-    return {"groups": rows, "baselines": baselines,
-            "command": json.loads(grid.read_text()).get("command") if grid.is_file() else None,
+    commands = sorted({json.loads(p.read_text()).get("command") for p in out.glob(f"**/{GRID_FILE}")} - {None})
+    return {"groups": rows, "baselines": baselines, "commands": commands,
             "load_average": [min(loads), max(loads)] if loads else None,
             "published": {d: PUBLISHED[d] for d in datas if d in PUBLISHED},
             "verdicts": {d: ordering_verdict([r for r in rows if r["data"] == d]) for d in datas},
@@ -232,11 +231,11 @@ def summary_markdown(summary: dict[str, Any], command: str | None = None) -> str
                  f"{summary['runs']} runs, {summary['total_seconds'] / 60:.1f} minutes of training in all"
                  + (f"; the 1-minute load average at the end of the runs was {load[0]:.1f} to {load[1]:.1f} on "
                     f"{m.get('cores', '?')} cores (a shared machine: times are noisy)" if load else "") + ".")
-    trained_by = summary.get("command")
+    trained_by = summary.get("commands", [])
     if trained_by:
         lines.append("")
-        lines.append(f"Trained by: `{trained_by}`")
-    if command and command != trained_by:
+        lines.append("Trained by: " + "; ".join(f"`{c}`" for c in trained_by))
+    if command and command not in trained_by:
         lines.append("")
         lines.append(f"Summary by: `{command}`")
     return "\n".join(lines) + "\n"
