@@ -3,8 +3,8 @@
 minGRU's gates see only the input (:mod:`grulab.cells.mingru`, (M1)-(M3)), so after one large
 product ``a = x W^T + b_W`` (all steps at once, torch, all threads) the recurrence
 ``h_t = (1 - z_t) h_{t-1} + z_t h̃_t`` is element-wise: every unit of every row evolves alone.
-The kernels split the (row, block of units) tiles over threads (``prange``, no synchronisation)
-and each tile runs its loop over time on a contiguous block of units, which LLVM vectorises
+The kernels split the (row, block of units) tiles over threads (:mod:`grulab.engine._pool`, no
+synchronisation) and each tile runs its loop over time on a contiguous block of units, which LLVM vectorises
 (float32 uses the vectorised activations of :mod:`grulab.engine._jitmath`).
 
 forward
@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import numba
 import torch
-from numba import prange
 from torch import Tensor
 
 from grulab.engine._jitmath import FLAGS
-from grulab.engine.cpu import _lengths_np, _np, _threads, sigmoid
+from grulab.engine._pool import run_chunks, threads
+from grulab.engine.cpu import _lengths_np, _np, sigmoid
 
 MIN_TILE_UNITS = 16  # a thread's block of units: below this the loop overhead outweighs the split
 
@@ -71,21 +71,12 @@ def _mingru_fwd_tile(b, k0, k1, a, h0, lengths, reverse, save_states, y, states,
 
 
 @numba.njit(**FLAGS)
-def _mingru_fwd_serial(nk, a, h0, lengths, reverse, save_states, y, states, h_n):  # noqa: ANN001, ANN201
+def _mingru_fwd_chunk(c, nchunks, nk, a, h0, lengths, reverse, save_states, y, states, h_n):  # noqa: ANN001, ANN201
+    """Chunk ``c`` of ``nchunks`` of the (row, block of ``H / nk`` units) tiles."""
     B, H = h0.shape
-    for i in range(B * nk):
-        c = i % nk
-        _mingru_fwd_tile(i // nk, c * H // nk, (c + 1) * H // nk, a, h0, lengths, reverse, save_states, y, states,
-                         h_n)
-
-
-@numba.njit(parallel=True, **FLAGS)
-def _mingru_fwd_parallel(nk, a, h0, lengths, reverse, save_states, y, states, h_n):  # noqa: ANN001, ANN201
-    """``_mingru_fwd_tile`` on every (row, unit block) tile, tiles split over threads."""
-    B, H = h0.shape
-    for i in prange(B * nk):
-        c = i % nk
-        _mingru_fwd_tile(i // nk, c * H // nk, (c + 1) * H // nk, a, h0, lengths, reverse, save_states, y, states,
+    for i in range(c * B * nk // nchunks, (c + 1) * B * nk // nchunks):
+        u = i % nk
+        _mingru_fwd_tile(i // nk, u * H // nk, (u + 1) * H // nk, a, h0, lengths, reverse, save_states, y, states,
                          h_n)
 
 
@@ -130,34 +121,22 @@ def _mingru_bwd_tile(b, k0, k1, dy, dh_n, a, h0, states, lengths, reverse, da, d
 
 
 @numba.njit(**FLAGS)
-def _mingru_bwd_serial(nk, dy, dh_n, a, h0, states, lengths, reverse, da, dh0):  # noqa: ANN001, ANN201
+def _mingru_bwd_chunk(c, nchunks, nk, dy, dh_n, a, h0, states, lengths, reverse, da, dh0):  # noqa: ANN001, ANN201
+    """Chunk ``c`` of ``nchunks`` of the (row, block of ``H / nk`` units) tiles."""
     B, H = h0.shape
-    for i in range(B * nk):
-        c = i % nk
-        _mingru_bwd_tile(i // nk, c * H // nk, (c + 1) * H // nk, dy, dh_n, a, h0, states, lengths, reverse, da,
-                         dh0)
-
-
-@numba.njit(parallel=True, **FLAGS)
-def _mingru_bwd_parallel(nk, dy, dh_n, a, h0, states, lengths, reverse, da, dh0):  # noqa: ANN001, ANN201
-    """``_mingru_bwd_tile`` on every (row, unit block) tile, tiles split over threads."""
-    B, H = h0.shape
-    for i in prange(B * nk):
-        c = i % nk
-        _mingru_bwd_tile(i // nk, c * H // nk, (c + 1) * H // nk, dy, dh_n, a, h0, states, lengths, reverse, da,
+    for i in range(c * B * nk // nchunks, (c + 1) * B * nk // nchunks):
+        u = i % nk
+        _mingru_bwd_tile(i // nk, u * H // nk, (u + 1) * H // nk, dy, dh_n, a, h0, states, lengths, reverse, da,
                          dh0)
 
 
 # ---------------------------------------------------------------------------------- launchers
-def _run_tiles(serial_fn, parallel_fn, B: int, H: int, *args) -> None:  # noqa: ANN001
-    """Whole rows when there are enough of them for every thread; otherwise rows are split into
-    blocks of units too. One thread runs the serial loop (no thread-pool round trip)."""
-    threads = _threads()
-    nk = max(1, min(-(-threads // B), H // MIN_TILE_UNITS))
-    if threads == 1 or B * nk == 1:
-        serial_fn(nk, *args)
-    else:
-        parallel_fn(nk, *args)
+def _tiling(B: int, H: int) -> tuple[int, int]:
+    """``(nk, nchunks)``: whole rows when there are enough for every thread, otherwise rows split
+    into ``nk`` blocks of units too; the tiles are cut into one chunk per thread."""
+    n = threads()
+    nk = max(1, min(-(-n // B), H // MIN_TILE_UNITS))
+    return nk, min(n, B * nk)
 
 
 def mingru_fwd(x: Tensor, h0: Tensor, W: Tensor, b_W: Tensor | None, lengths: Tensor | None, reverse: bool,
@@ -173,7 +152,8 @@ def mingru_fwd(x: Tensor, h0: Tensor, W: Tensor, b_W: Tensor | None, lengths: Te
     # without lengths no step is skipped and the carried states are the outputs themselves
     save_states = training and lengths is not None
     states = torch.empty((T, B, H) if save_states else (1, 1, 1), dtype=x.dtype)
-    _run_tiles(_mingru_fwd_serial, _mingru_fwd_parallel, B, H, _np(a), _np(h0.detach().contiguous()),
+    nk, n = _tiling(B, H)
+    run_chunks(_mingru_fwd_chunk, n, nk, _np(a), _np(h0.detach().contiguous()),
                _lengths_np(lengths, B, T), reverse, save_states, _np(y), _np(states), _np(h_n))
     if not training:
         return y, h_n, ()
@@ -190,7 +170,8 @@ def mingru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, b_W: 
     a, states = saved
     da = torch.empty((T, B, 2 * H), dtype=x.dtype)
     dh0 = torch.empty((B, H), dtype=x.dtype)
-    _run_tiles(_mingru_bwd_serial, _mingru_bwd_parallel, B, H, _np(dy.contiguous()), _np(dh_n.contiguous()),
+    nk, n = _tiling(B, H)
+    run_chunks(_mingru_bwd_chunk, n, nk, _np(dy.contiguous()), _np(dh_n.contiguous()),
                _np(a), _np(h0.detach().contiguous()), _np(states), _lengths_np(lengths, B, T), reverse, _np(da),
                _np(dh0))
     D = da.view(T * B, 2 * H)

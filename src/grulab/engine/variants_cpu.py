@@ -1,13 +1,15 @@
 """The fused CPU engine for the GRU variants: zoneout, variational dropout and layer norm (Numba).
 
 One kernel pair runs every combination :func:`grulab.variants.regularized.variant_gru_ref` does,
-with the structure of :mod:`grulab.engine.cpu` (batch rows split over threads, a small GEMM per
-step fused with the gate math, weight gradients as large matrix products after the loop). The
-masks are inputs, drawn by the layer with torch's generator exactly as the reference draws them.
+with the structure of :mod:`grulab.engine.cpu` (chunks of batch rows on threads, a small GEMM per
+step fused with the gate math, weight gradients as large matrix products after the loop; the
+chunks run on :mod:`grulab.engine._pool`). The masks are inputs, drawn by the layer with torch's
+generator exactly as the reference draws them.
 
 forward
     1. ``x̂ = m_x ⊙ x`` (V1) and ``p = x̂ W^T`` for all steps at once (torch); with layer norm,
-       the input side ``LN(p_g; γ_Wg, b_Wg)`` of every gate for all steps too (N1)-(N2).
+       the input side ``LN(p_g; γ_Wg, b_Wg)`` of every gate and step (N1)-(N2) in one compiled
+       pass over the rows (``_ln_rows_fwd``).
     2. ``_variant_fwd_rows``: the recurrent loop. Per step ``q = ĥ U^T`` with ``ĥ = m_h ⊙ h_prev``
        (V1), per row and gate ``u = LN(q)`` (or ``q + b_U``), the gates (1)-(3)/(N3)-(N5), and
        the update with zoneout's keep coefficient ``c`` (V3), (Z1)-(Z2):
@@ -16,14 +18,14 @@ forward
 backward (``docs/derivation.md``, section 8, (V4)-(V8) and (N7)-(N8))
     3. ``_variant_bwd_rows``: the loop from the last processed step to the first, writing the
        input-side pre-activation gradients ``da = [da_z, da_r, da_h]``, the recurrent-side
-       gradients before the layer norm ``dq`` (so ``dU = dq^T ĥ``) and, with layer norm and
-       reset="after", ``du_h`` for the candidate's gain and shift.
-    4. The input layer norm's backward (N7) and every weight gradient (V8), (N8) as large
-       matrix products.
+       gradients before the layer norm ``dq`` with the inputs they multiply (``ĥ``, and
+       ``r ⊙ ĥ`` for reset="before"), and summing the bias and gain gradients (N8) per thread.
+    4. The input layer norm's backward (N7) in one compiled pass (``_ln_rows_bwd``), then the
+       weight and input gradients (V8) as large matrix products.
 
 Saved for the backward: the carried states (with lengths), ``z, r, h̃``, ``u_h`` (reset="after"),
-and with layer norm the normalised recurrent terms ``n_U`` with their ``1/σ`` (and the same of
-the input side): O(T·B·H), nothing recomputed.
+and with layer norm the normalised terms ``n`` and their ``1/σ`` on both sides: O(T·B·H),
+nothing recomputed.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import torch
-from numba import prange
 from torch import Tensor
 
 from grulab.cells.lngru import DEFAULT_EPS
 from grulab.engine._jitmath import FLAGS, gemm_nt
-from grulab.engine.cpu import _chunks, _lengths_np, _np, sigmoid, tanh
+from grulab.engine._pool import chunks, run_chunks
+from grulab.engine.cpu import _lengths_np, _np, sigmoid, tanh
+
+LN_ROWS_PER_CHUNK = 256  # the input side's layer norm is a few passes over 3H numbers per row
 
 
 # ------------------------------------------------------------------------ per-row layer norm
@@ -78,16 +82,50 @@ def _ln_bwd(du, gain, n, rstd, dq):  # noqa: ANN001, ANN201
 
 
 @numba.njit(**FLAGS)
-def _recurrent_term(q, g, ln, b_U, g_U, eps, n, rstd, u):  # noqa: ANN001, ANN201
-    """Gate block ``g`` of one row's recurrent term: ``u = LN(q)`` (N3)-(N5) or ``q + b_U`` (1)-(3).
-    ``q``, ``n``, ``u`` are that block; ``rstd`` the row's (3,) slot for the block's ``1/σ``."""
-    H = q.shape[0]
-    shift = b_U[g * H : (g + 1) * H]
+def _recurrent_term(q, ln, gain, shift, eps, n, u):  # noqa: ANN001, ANN201
+    """One gate block of one row's recurrent term: ``u = LN(q)`` (N3)-(N5) or ``q + shift``
+    (1)-(3); returns the block's ``1/σ`` (layer norm) or 1."""
     if ln:
-        rstd[g] = _ln_fwd(q, g_U[g * H : (g + 1) * H], shift, eps, n, u)
-    else:
-        for k in range(H):
-            u[k] = q[k] + shift[k]
+        return _ln_fwd(q, gain, shift, eps, n, u)
+    for k in range(q.shape[0]):
+        u[k] = q[k] + shift[k]
+    return q.dtype.type(1)
+
+
+@numba.njit(**FLAGS)
+def _accumulate(acc, du, n, da, ln):  # noqa: ANN001, ANN201
+    """One row's terms of the sums (N8): ``acc`` (3, 3H) += ``[du, du ⊙ n, da]``."""
+    for q in range(du.shape[0]):
+        acc[0, q] += du[q]
+        if ln:
+            acc[1, q] += du[q] * n[q]
+        acc[2, q] += da[q]
+
+
+@numba.njit(**FLAGS)
+def _ln_rows_fwd(c, nchunks, P, gain, shift, eps, out, n, rstd):  # noqa: ANN001, ANN201
+    """(N1)-(N2) of the three gate blocks of rows chunk ``c`` of ``P`` (N, 3H): the input side of
+    every step at once. Writes ``out = gain n + shift``, ``n`` and ``rstd`` (N, 3)."""
+    N = P.shape[0]
+    H = P.shape[1] // 3
+    for i in range(c * N // nchunks, (c + 1) * N // nchunks):
+        for g in range(3):
+            blk = slice(g * H, (g + 1) * H)
+            rstd[i, g] = _ln_fwd(P[i, blk], gain[blk], shift[blk], eps, n[i, blk], out[i, blk])
+
+
+@numba.njit(**FLAGS)
+def _ln_rows_bwd(c, nchunks, D, gain, n, rstd, dP, sums):  # noqa: ANN001, ANN201
+    """(N7) of rows chunk ``c`` of ``D`` (N, 3H) into ``dP``; adds ``Σ D ⊙ n`` (N8) to ``sums[c]``."""
+    N = D.shape[0]
+    H = D.shape[1] // 3
+    acc = sums[c]
+    for i in range(c * N // nchunks, (c + 1) * N // nchunks):
+        for g in range(3):
+            blk = slice(g * H, (g + 1) * H)
+            _ln_bwd(D[i, blk], gain[blk], n[i, blk], rstd[i, g], dP[i, blk])
+        for q in range(3 * H):
+            acc[q] += D[i, q] * n[i, q]
 
 
 @numba.njit(**FLAGS)
@@ -103,13 +141,16 @@ def _keep(zmode, zd, zp, t, b, k):  # noqa: ANN001, ANN201
 
 # ----------------------------------------------------------------------------------- forward
 @numba.njit(**FLAGS)
-def _variant_fwd_rows(b0, b1, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd, zmode, zp, lengths, reverse, after,
-                      save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s, h_n):  # noqa: ANN001, ANN201
-    """Recurrent loop of (V1)-(V3), (Z1)-(Z2), (N3)-(N6) for batch rows ``b0:b1``. ``xp`` (T, B, 3H)
-    holds the input side of every gate; writes ``y``, ``h_n`` and, when asked, the states, the
-    gates and (layer norm) the normalised recurrent terms ``n_s`` (T, B, 3H) with ``rstd_s`` (T, B, 3)."""
-    T = xp.shape[0]
+def _variant_fwd_rows(c, nchunks, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd, zmode, zp, lengths, reverse,
+                      after, save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s,
+                      h_n):  # noqa: ANN001, ANN201
+    """Recurrent loop of (V1)-(V3), (Z1)-(Z2), (N3)-(N6) for chunk ``c`` of ``nchunks`` of the batch
+    rows. ``xp`` (T, B, 3H) holds the input side of every gate; writes ``y``, ``h_n`` and, when
+    asked, the states, the gates and (layer norm) the normalised recurrent terms ``n_s`` (T, B, 3H)
+    with their ``1/σ`` in ``rstd_s`` (T, B, 3)."""
+    T, B = xp.shape[0], xp.shape[1]
     H = h0.shape[1]
+    b0, b1 = c * B // nchunks, (c + 1) * B // nchunks
     nb = b1 - b0
     one = h0.dtype.type(1)
     h = h0[b0:b1].copy()  # (nb, H) carried state
@@ -137,8 +178,9 @@ def _variant_fwd_rows(b0, b1, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd, zmo
             n_row = n_s[t, b] if save_gates and ln else n_tmp
             rstd_row = rstd_s[t, b] if save_gates and ln else rstd_tmp
             for g in range(3 if after else 2):
-                _recurrent_term(q[bb, g * H : (g + 1) * H], g, ln, b_U, g_U, eps, n_row[g * H : (g + 1) * H],
-                                rstd_row, u[bb, g * H : (g + 1) * H])
+                blk = slice(g * H, (g + 1) * H)
+                rstd_row[g] = _recurrent_term(q[bb, blk], ln, g_U[blk] if ln else g_U, b_U[blk], eps, n_row[blk],
+                                              u[bb, blk])
             x_t = xp[t, b]
             for k in range(H):
                 z[bb, k] = sigmoid(x_t[k] + u[bb, k])  # (eq. 1), (N3)
@@ -153,7 +195,8 @@ def _variant_fwd_rows(b0, b1, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd, zmo
                     continue
                 n_row = n_s[t, b] if save_gates and ln else n_tmp
                 rstd_row = rstd_s[t, b] if save_gates and ln else rstd_tmp
-                _recurrent_term(qh[bb], 2, ln, b_U, g_U, eps, n_row[2 * H :], rstd_row, u[bb, 2 * H :])
+                rstd_row[2] = _recurrent_term(qh[bb], ln, g_U[2 * H :] if ln else g_U, b_U[2 * H :], eps,
+                                              n_row[2 * H :], u[bb, 2 * H :])
         for bb in range(nb):
             b = b0 + bb
             x_t = xp[t, b]
@@ -196,29 +239,22 @@ def _variant_fwd_rows(b0, b1, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd, zmo
             h_n[b0 + bb, k] = h[bb, k]
 
 
-@numba.njit(parallel=True, **FLAGS)
-def _variant_fwd_parallel(nchunks, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd, zmode, zp, lengths, reverse,
-                          after, save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s,
-                          h_n):  # noqa: ANN001, ANN201
-    """``_variant_fwd_rows`` on ``nchunks`` chunks of rows, one per thread (rows never interact)."""
-    B = xp.shape[1]
-    for c in prange(nchunks):
-        _variant_fwd_rows(c * B // nchunks, (c + 1) * B // nchunks, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd,
-                          zmode, zp, lengths, reverse, after, save_states, save_gates, y, states, z_s, r_s, ht_s,
-                          uh_s, n_s, rstd_s, h_n)
-
-
 # ---------------------------------------------------------------------------------- backward
 @numba.njit(**FLAGS)
-def _variant_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s, g_U, ln, m_h, use_mh, zd,
-                      zmode, zp, UT, UT_zr, UT_h, lengths, reverse, after, da, dq, du_h):  # noqa: ANN001, ANN201
-    """Recurrent loop of (V5)-(V7), (N7) for batch rows ``b0:b1``, from the last processed step to
-    the first. Writes ``da`` (T, B, 3H) = ``[da_z, da_r, da_h]`` (input side), ``dq`` (T, B, 3H)
-    (recurrent side, before the layer norm), ``du_h`` (layer norm, reset="after") and, into
-    ``dh_n``'s rows, ``dh0``. ``UT`` is U^T (H, 3H); ``UT_zr``, ``UT_h`` its blocks."""
-    T = dy.shape[0]
+def _variant_bwd_rows(c, nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s, g_U, ln, m_h, use_mh,
+                      zd, zmode, zp, UT, UT_zr, UT_h, lengths, reverse, after, da, dq, srec,
+                      sums):  # noqa: ANN001, ANN201
+    """Recurrent loop of (V5)-(V7), (N7) for chunk ``c`` of ``nchunks`` of the batch rows, from the
+    last processed step to the first. Writes ``da`` (T, B, 3H) = ``[da_z, da_r, da_h]`` (input
+    side), ``dq`` (T, B, 3H) (recurrent side, before the layer norm), the recurrent inputs of (V8)
+    ``srec`` (T, B, H|2H) = ``[ĥ; r ⊙ ĥ (reset="before")]``, ``dh0`` into ``dh_n``'s rows, and adds
+    the chunk's sums of (N8) to ``sums[c]`` = ``[Σ du, Σ du ⊙ n_U, Σ da]`` (3, 3H).
+    ``UT`` is U^T (H, 3H); ``UT_zr``, ``UT_h`` its blocks."""
+    T, B = dy.shape[0], dy.shape[1]
     H = h0.shape[1]
+    b0, b1 = c * B // nchunks, (c + 1) * B // nchunks
     nb = b1 - b0
+    acc = sums[c]
     one = h0.dtype.type(1)
     carry = dh_n[b0:b1].copy()  # dL/dh flowing back into the current step
     gu = np.zeros((nb, 3 * H), carry.dtype)  # gradients of the recurrent terms u (after the norm)
@@ -238,16 +274,17 @@ def _variant_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, r
                     dh_prev[bb, k] = carry[bb, k]
                     dqh[bb, k] = 0.0
                     dhr[bb, k] = 0.0
-                    if after and ln:
-                        du_h[t, b, k] = 0.0
                 for q in range(3 * H):
                     da[t, b, q] = 0.0
                     dq[t, b, q] = 0.0
+                for q in range(srec.shape[2]):  # finite, so the products of (V8) ignore the step
+                    srec[t, b, q] = 0.0
                 for q in range(gq.shape[1]):
                     gq[bb, q] = 0.0
                 continue
             for k in range(H):
                 h_prev = states[tp, b, k] if 0 <= tp < T else h0[b, k]
+                srec[t, b, k] = h_prev * m_h[b, k] if use_mh else h_prev  # (V1) ĥ
                 z = z_s[t, b, k]
                 r = r_s[t, b, k]
                 h_tilde = ht_s[t, b, k]
@@ -267,8 +304,6 @@ def _variant_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, r
                     da[t, b, H + k] = da_r
                     gu[bb, H + k] = da_r
                     gu[bb, 2 * H + k] = da_h * r  # (eq. 10a) du_h
-                    if ln:
-                        du_h[t, b, k] = da_h * r
                 else:
                     gu[bb, 2 * H + k] = da_h  # (eq. 10b) du_h = da_h
             for g in range(3):
@@ -284,6 +319,7 @@ def _variant_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, r
             if after:
                 for q in range(3 * H):
                     dq[t, b, q] = gq[bb, q]
+                _accumulate(acc, gu[bb], n_s[t, b] if ln else n_s[0, 0], da[t, b], ln)
         if after:
             gemm_nt(gq, UT, dhm)  # (V6) U^T dq
         else:
@@ -293,9 +329,9 @@ def _variant_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, r
                 if t >= lengths[b]:
                     continue
                 for k in range(H):
-                    h_prev = states[tp, b, k] if 0 <= tp < T else h0[b, k]
-                    hm = h_prev * m_h[b, k] if use_mh else h_prev  # (V1)
+                    hm = srec[t, b, k]  # (V1) ĥ
                     r = r_s[t, b, k]
+                    srec[t, b, H + k] = r * hm
                     da_r = drh[bb, k] * hm * r * (one - r)  # (eqs. 10b, 11)
                     da[t, b, H + k] = da_r
                     gu[bb, H + k] = da_r
@@ -310,6 +346,7 @@ def _variant_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, r
                     dq[t, b, q] = gq[bb, q]
                 for k in range(H):
                     dq[t, b, 2 * H + k] = dqh[bb, k]
+                _accumulate(acc, gu[bb], n_s[t, b] if ln else n_s[0, 0], da[t, b], ln)
             gemm_nt(gq, UT_zr, dhm)  # (eq. 12) U_z^T dq_z + U_r^T dq_r
             for bb in range(nb):
                 for k in range(H):
@@ -323,27 +360,7 @@ def _variant_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, r
             dh_n[b0 + bb, k] = carry[bb, k]
 
 
-@numba.njit(parallel=True, **FLAGS)
-def _variant_bwd_parallel(nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s, g_U, ln, m_h, use_mh,
-                          zd, zmode, zp, UT, UT_zr, UT_h, lengths, reverse, after, da, dq,
-                          du_h):  # noqa: ANN001, ANN201
-    """``_variant_bwd_rows`` on ``nchunks`` chunks of rows, one per thread."""
-    B = dy.shape[1]
-    for c in prange(nchunks):
-        _variant_bwd_rows(c * B // nchunks, (c + 1) * B // nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s,
-                          n_s, rstd_s, g_U, ln, m_h, use_mh, zd, zmode, zp, UT, UT_zr, UT_h, lengths, reverse,
-                          after, da, dq, du_h)
-
-
 # ---------------------------------------------------------------------------------- launchers
-def _launch_rows(rows_fn, parallel_fn, B: int, *args) -> None:  # noqa: ANN001
-    n = _chunks(B)
-    if n == 1:
-        rows_fn(0, B, *args)
-    else:
-        parallel_fn(n, *args)
-
-
 @dataclass(frozen=True)
 class VariantOptions:
     """The non-tensor arguments of one variant direction."""
@@ -354,31 +371,15 @@ class VariantOptions:
     reverse: bool = False
 
 
-def _input_layer_norm(P: Tensor, g_W: Tensor, b_W: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(N1)-(N2) of each gate's input side for all steps: ``P (T·B, 3H)`` -> ``(xp, n_W, rstd_W)``."""
-    N = P.shape[0]
-    H = P.shape[1] // 3
-    P3 = P.view(N, 3, H)
-    mu = P3.mean(-1, keepdim=True)  # (N1) (T·B, 3, 1)
-    rstd = ((P3 - mu).square().mean(-1, keepdim=True) + eps).rsqrt()  # (N1) (T·B, 3, 1)
-    n = (P3 - mu) * rstd  # (T·B, 3, H)
-    xp = n * g_W.view(3, H)  # (N2)
-    if b_W is not None:
-        xp = xp + b_W.view(3, H)
-    return xp.view(N, 3 * H), n.view(N, 3 * H), rstd.view(N, 3)
-
-
-def _layer_norm_backward(D: Tensor, gain: Tensor, n: Tensor, rstd: Tensor) -> Tensor:
-    """(N7) for rows of three gate blocks: ``D, n (N, 3H)``, ``rstd (N, 3)`` -> ``dq (N, 3H)``."""
-    N = D.shape[0]
-    H = D.shape[1] // 3
-    dn = (D * gain).view(N, 3, H)
-    n3 = n.view(N, 3, H)
-    return (rstd[:, :, None] * (dn - dn.mean(-1, keepdim=True) - n3 * (dn * n3).mean(-1, keepdim=True))).view(N, 3 * H)
-
-
 def _dummy(dtype: torch.dtype, dims: int = 3) -> Tensor:
     return torch.zeros((1,) * dims, dtype=dtype)
+
+
+def _masks(m_h: Tensor | None, d: Tensor | None, opts: VariantOptions, dt: torch.dtype) -> tuple:
+    """Kernel arguments of the masks: ``m_h, use_mh, d, zmode, p``."""
+    zmode = 1 if d is not None else (2 if opts.zoneout_p else 0)
+    return (_np(m_h.detach().contiguous() if m_h is not None else _dummy(dt, 2)), m_h is not None,
+            _np(d.detach().contiguous() if d is not None else _dummy(dt)), zmode, float(opts.zoneout_p))
 
 
 def variant_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U: Tensor | None,
@@ -389,23 +390,21 @@ def variant_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None,
     T, B, I = x.shape
     H = h0.shape[1]
     dt = x.dtype
-    after = opts.reset == "after"
     ln = g_W is not None
     xd = x.detach() if m_x is None else x.detach() * m_x  # (V1) x̂ (T, B, I)
     x2 = xd.reshape(T * B, I)
     Wd = W.detach()
     n_W = rstd_W = _dummy(dt, 2)
-    if ln:
-        xp, n_W, rstd_W = _input_layer_norm(x2 @ Wd.t(), g_W.detach(), None if b_W is None else b_W.detach(),
-                                            opts.eps)
+    if ln:  # (N1)-(N2) of the input side of every step, in compiled code
+        P = x2 @ Wd.t()  # (T·B, 3H)
+        xp, n_W, rstd_W = torch.empty_like(P), torch.empty_like(P), torch.empty((T * B, 3), dtype=dt)
+        shift = b_W.detach().contiguous() if b_W is not None else torch.zeros(3 * H, dtype=dt)
+        run_chunks(_ln_rows_fwd, chunks(T * B, LN_ROWS_PER_CHUNK), _np(P), _np(g_W.detach().contiguous()),
+                     _np(shift), float(opts.eps), _np(xp), _np(n_W), _np(rstd_W))
     else:
         xp = torch.addmm(b_W.detach(), x2, Wd.t()) if b_W is not None else x2 @ Wd.t()
-    xp = xp.view(T, B, 3 * H)
     b_U_ = b_U.detach().contiguous() if b_U is not None else torch.zeros(3 * H, dtype=dt)
     g_U_ = g_U.detach().contiguous() if ln else _dummy(dt, 1)
-    m_h_ = m_h.detach().contiguous() if m_h is not None else _dummy(dt, 2)
-    zmode = 1 if d is not None else (2 if opts.zoneout_p else 0)
-    d_ = d.detach().contiguous() if d is not None else _dummy(dt)
     y = torch.empty((T, B, H), dtype=dt)
     h_n = torch.empty((B, H), dtype=dt)
     save_states = training and lengths is not None  # otherwise the carried states are the outputs
@@ -414,11 +413,11 @@ def variant_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None,
     z, r, h_tilde, u_h = (torch.empty(gate_shape, dtype=dt) for _ in range(4))
     n_U = torch.empty((T, B, 3 * H) if training and ln else (1, 1, 1), dtype=dt)
     rstd_U = torch.empty((T, B, 3) if training and ln else (1, 1, 1), dtype=dt)
-    _launch_rows(_variant_fwd_rows, _variant_fwd_parallel, B, _np(xp), _np(h0.detach().contiguous()),
-                 _np(U.detach().contiguous()), _np(b_U_), _np(g_U_), float(opts.eps), ln, _np(m_h_), m_h is not None,
-                 _np(d_), zmode, float(opts.zoneout_p), _lengths_np(lengths, B, T), opts.reverse, after, save_states,
-                 training, _np(y), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U), _np(rstd_U),
-                 _np(h_n))
+    run_chunks(_variant_fwd_rows, chunks(B), _np(xp.view(T, B, 3 * H)),
+                 _np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_), _np(g_U_), float(opts.eps),
+                 ln, *_masks(m_h, d, opts, dt), _lengths_np(lengths, B, T), opts.reverse, opts.reset == "after",
+                 save_states, training, _np(y), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U),
+                 _np(rstd_U), _np(h_n))
     if not training:
         return y, h_n, ()
     return y, h_n, (states if save_states else y, z, r, h_tilde, u_h, n_U, rstd_U, n_W, rstd_W)
@@ -440,45 +439,38 @@ def variant_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: T
     dummy = np.empty((1, 1), UT.numpy().dtype)
     da = torch.empty((T, B, 3 * H), dtype=dt)
     dq = torch.empty((T, B, 3 * H), dtype=dt)
-    du_h = torch.empty((T, B, H) if after and ln else (1, 1, 1), dtype=dt)
+    srec = torch.empty((T, B, H if after else 2 * H), dtype=dt)
     dh0 = dh_n.detach().clone().contiguous()  # the kernel turns it into dh0 in place
-    m_h_ = m_h.detach().contiguous() if m_h is not None else _dummy(dt, 2)
-    zmode = 1 if d is not None else (2 if opts.zoneout_p else 0)
-    d_ = d.detach().contiguous() if d is not None else _dummy(dt)
-    g_U_ = g_U.detach().contiguous() if ln else _dummy(dt, 1)
-    _launch_rows(_variant_bwd_rows, _variant_bwd_parallel, B, _np(dy.contiguous()), _np(dh0),
+    n = chunks(B)
+    sums = torch.zeros((n, 3, 3 * H), dtype=dt)  # per chunk: Σ du, Σ du ⊙ n_U, Σ da
+    run_chunks(_variant_bwd_rows, n, _np(dy.contiguous()), _np(dh0),
                  _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U),
-                 _np(rstd_U), _np(g_U_), ln, _np(m_h_), m_h is not None, _np(d_), zmode, float(opts.zoneout_p),
-                 _np(UT), dummy if after else _np(UT[:, : 2 * H].contiguous()),
+                 _np(rstd_U), _np(g_U.detach().contiguous() if ln else _dummy(dt, 1)), ln,
+                 *_masks(m_h, d, opts, dt), _np(UT), dummy if after else _np(UT[:, : 2 * H].contiguous()),
                  dummy if after else _np(UT[:, 2 * H :].contiguous()), _lengths_np(lengths, B, T), opts.reverse,
-                 after, _np(da), _np(dq), _np(du_h))
+                 after, _np(da), _np(dq), _np(srec), _np(sums))
+    sum_du, sum_du_n, sum_da = sums.sum(0)
     D = da.view(T * B, 3 * H)  # input side [da_z, da_r, da_h]
-    db_W = D.sum(0) if b_W is not None else None  # (V8), (N8)
+    db_W = sum_da if b_W is not None else None  # (V8), (N8)
+    db_U = sum_du if b_U is not None else None  # (V8), (N8)
     dg_W = dg_U = None
     if ln:
-        dg_W = (D * n_W).sum(0)  # (N8)
-        D = _layer_norm_backward(D, g_W.detach(), n_W, rstd_W)  # (N7) gradient of p = x̂ W^T
+        dg_U = sum_du_n  # (N8)
+        nr = chunks(T * B, LN_ROWS_PER_CHUNK)
+        dP, dg = torch.empty_like(D), torch.zeros((nr, 3 * H), dtype=dt)
+        run_chunks(_ln_rows_bwd, nr, _np(D), _np(g_W.detach().contiguous()), _np(n_W),
+                     _np(rstd_W), _np(dP), _np(dg))  # (N7) gradient of p = x̂ W^T
+        D, dg_W = dP, dg.sum(0)  # (N8)
     xd = x.detach() if m_x is None else x.detach() * m_x  # (V1)
     dx = (D @ W.detach()).view(T, B, I)  # (V8)
     if m_x is not None:
         dx = dx * m_x  # (V8) through x̂ = m_x ⊙ x
     dW = D.t() @ xd.reshape(T * B, I)  # (V8)
     Q = dq.view(T * B, 3 * H)
-    h_prev = (torch.cat([states[1:], h0.detach()[None]]) if opts.reverse
-              else torch.cat([h0.detach()[None], states[:-1]])).view(T * B, H)
-    hm = h_prev if m_h is None else (h_prev.view(T, B, H) * m_h).view(T * B, H)  # (V1) ĥ
+    S = srec.view(T * B, srec.shape[2])
     dU = torch.empty_like(U.detach())
-    torch.mm(Q[:, : 2 * H].t(), hm, out=dU[: 2 * H])  # (V8) dU_z, dU_r
-    torch.mm(Q[:, 2 * H :].t(), hm if after else r.view(T * B, H) * hm, out=dU[2 * H :])  # (V8) dU_h
-    db_U = None
-    if ln:
-        # gradient of the recurrent terms after the norm: [da_z, da_r, du_h]
-        du = torch.cat([da.view(T * B, 3 * H)[:, : 2 * H],
-                        du_h.view(T * B, H) if after else da.view(T * B, 3 * H)[:, 2 * H :]], dim=1)
-        dg_U = (du * n_U.view(T * B, 3 * H)).sum(0)  # (N8)
-        db_U = du.sum(0) if b_U is not None else None  # (N8)
-    elif b_U is not None:
-        db_U = Q.sum(0)  # (V8)
+    torch.mm(Q[:, : 2 * H].t(), S[:, :H], out=dU[: 2 * H])  # (V8) dU_z, dU_r
+    torch.mm(Q[:, 2 * H :].t(), S[:, :H] if after else S[:, H:], out=dU[2 * H :])  # (V8) dU_h
     return dx, dh0, dW, dU, db_W, db_U, dg_W, dg_U
 
 

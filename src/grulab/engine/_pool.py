@@ -1,0 +1,53 @@
+"""Run a compiled chunk kernel over threads: the launcher of the variant engines.
+
+The kernels of :mod:`grulab.engine.mingru_cpu` and :mod:`grulab.engine.variants_cpu` take
+``(c, nchunks, ...)`` and process chunk ``c`` of their rows; chunks never interact. They compile
+with ``nogil``, so plain Python threads run them in parallel. This replaces a ``parallel=True``
+wrapper per kernel (``prange`` over chunks): such a wrapper is compiled again with the whole
+kernel inlined into it, which doubled the first-use compile time for the same speed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numba
+import torch
+
+MIN_ROWS_PER_CHUNK = 4  # below this a chunk's small GEMMs degenerate to matrix-vector products
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+_LOCK = threading.Lock()
+
+
+def threads() -> int:
+    """Threads to use: torch's intra-op setting, capped by Numba's (``NUMBA_NUM_THREADS``)."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def chunks(rows: int, min_rows: int = MIN_ROWS_PER_CHUNK) -> int:
+    """How many chunks to split ``rows`` independent rows into: one per thread, ``min_rows`` each."""
+    return max(1, min(threads(), rows // min_rows))
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _LOCK:
+        if workers not in _POOL:
+            _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="grulab")
+        return _POOL[workers]
+
+
+def run_chunks(kernel: Callable[..., Any], n: int, *args: Any) -> None:
+    """``kernel(c, n, *args)`` for ``c = 0 .. n-1``: chunk 0 on this thread, the others on a pool."""
+    if n == 1:
+        kernel(0, 1, *args)
+        return
+    futures = [_pool(n - 1).submit(kernel, c, n, *args) for c in range(1, n)]
+    try:
+        kernel(0, n, *args)
+    finally:
+        for f in futures:
+            f.result()  # re-raises a worker's exception here
