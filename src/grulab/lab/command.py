@@ -54,6 +54,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def lab_list(console: Console | None = None) -> None:
     from grulab.lab import EXPERIMENTS
+    from grulab.lab.report import format_settings
 
     console = console or Console()
     table = RichTable(title="grulab lab experiments")
@@ -61,8 +62,7 @@ def lab_list(console: Console | None = None) -> None:
         table.add_column(col, overflow="fold")
     for exp in EXPERIMENTS.values():
         cfg = exp.config()
-        settings = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                             for k, v in cfg.to_dict().items())
+        settings = format_settings(cfg.to_dict())
         runs = f"{len(exp.runs(cfg))} / {len(exp.runs(exp.config(quick=True)))}"
         table.add_row(exp.name, exp.number, exp.title, runs, settings)
     console.print(table)

@@ -153,8 +153,10 @@ def _checks_rows(analysis: Analysis) -> list[list[str]]:
 CHECK_HEADERS = ["statement", "source", "criterion (pre-declared)", "outcome", "measured"]
 
 
-def _settings(cfg: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in cfg.items())
+def format_settings(cfg: dict[str, Any]) -> str:
+    """``key=value`` pairs as ``--set`` takes them (tuples comma-separated)."""
+    return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}"
+                     for k, v in cfg.items())
 
 
 def _section_html(exp: Experiment, a: Analysis, form: str, status: str, cfg: dict[str, Any]) -> str:
@@ -162,7 +164,7 @@ def _section_html(exp: Experiment, a: Analysis, form: str, status: str, cfg: dic
     parts = [f"<h2>{escape(exp.number)}. {escape(exp.title)}: <span class=\"{cls}\">{escape(a.verdict)}</span></h2>",
              f"<p><b>Claim.</b> {escape(exp.claim)}</p>", f"<p><b>Published.</b> {escape(exp.published)}</p>",
              f"<p><b>Baseline.</b> {escape(exp.baseline)}</p>",
-             f"<p class=\"muted\">{escape(form)} form, {escape(status)}; settings: {escape(_settings(cfg))}</p>",
+             f"<p class=\"muted\">{escape(form)} form, {escape(status)}; settings: {escape(format_settings(cfg))}</p>",
              table_html(CHECK_HEADERS, _checks_rows(a))]
     for t in a.tables:
         parts.append(f"<h3>{escape(t.title)}</h3>{table_html(t.headers, t.rows)}")
@@ -175,7 +177,8 @@ def _section_html(exp: Experiment, a: Analysis, form: str, status: str, cfg: dic
 def _section_md(exp: Experiment, a: Analysis, form: str, status: str, cfg: dict[str, Any], base: Path) -> str:
     parts = [f"## {exp.number}. {exp.title}: **{a.verdict}**", "", f"**Claim.** {exp.claim}", "",
              f"**Published.** {exp.published}", "", f"**Baseline.** {exp.baseline}", "",
-             f"_{form} form, {status}; settings: {_settings(cfg)}_", "", markdown_table(CHECK_HEADERS, _checks_rows(a))]
+             f"_{form} form, {status}; settings: {format_settings(cfg)}_", "",
+             markdown_table(CHECK_HEADERS, _checks_rows(a))]
     for t in a.tables:
         parts += ["", f"**{t.title}**", "", markdown_table(t.headers, t.rows)]
     for caption, png in a.figures:

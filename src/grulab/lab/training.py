@@ -71,15 +71,6 @@ def machine() -> dict[str, Any]:
             "gru_engines": sorted(ENGINES)}
 
 
-def gru_backend(model: nn.Module, example: Tensor) -> str:
-    """The engine ``backend="auto"`` runs for this model's GRU on this input (``native`` for RNN/LSTM)."""
-    from grulab.engine.dispatch import resolve_backend
-
-    if getattr(model, "cell", "").startswith("gru"):
-        return resolve_backend("auto", example)
-    return "native"
-
-
 def train_run(
     model: SequenceModel,
     loss_fn: Callable[[nn.Module, Any], Tensor],
