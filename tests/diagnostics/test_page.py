@@ -42,3 +42,13 @@ def test_fresh_models_subset_and_horizon_histogram_with_infinite_values(tmp_path
     assert set(result.summary) == {"rnn", "lstm"}
     paths = plot_horizons({"closed": [float("inf"), 3.0], "open": [0.5, 1.0]}, tmp_path / "h")
     assert [p.suffix for p in paths] == [".png", ".svg"]
+
+
+def test_the_library_never_imports_the_lab():
+    import subprocess
+    import sys
+
+    code = ("import sys, grulab, grulab.diagnostics, grulab.models, grulab.tasks.synthetic; "
+            "print(sorted(m for m in sys.modules if m.startswith('grulab.lab')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
