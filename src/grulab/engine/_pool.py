@@ -9,6 +9,7 @@ kernel inlined into it, which doubled the first-use compile time for the same sp
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,16 @@ MIN_ROWS_PER_CHUNK = 4  # below this a chunk's small GEMMs degenerate to matrix-
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
+
+
+def _forget_pools() -> None:
+    """A forked child inherits the pools but not their threads: start afresh there."""
+    global _LOCK
+    _POOL.clear()
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def threads() -> int:
