@@ -18,7 +18,7 @@ TITLES = {
     "streaming": "Streaming inference, batch 1 (µs per step; whole sequence unless marked per-step)",
     "inference": "Inference, whole sequence (ms)",
     "training": "Training, forward + backward (ms)",
-    "mingru": "minGRU (parallel scan) against GRU, training forward + backward (ms)",
+    "mingru": "minGRU (fused CPU kernels, backend auto) against GRU, training forward + backward (ms)",
 }
 
 
