@@ -1,6 +1,8 @@
 """minGRU's fused CPU kernels against the sequential reference: outputs, final state and every
 gradient (autograd of :func:`mingru_ref`), float32 and float64, lengths, directions, layers."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from hypothesis import given
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 from grulab.engine.mingru_cpu import mingru_cpu
 from grulab.variants.mingru import MinGRU, mingru_ref, resolve_backend
 from tests.engine.test_cpu import ENGINE_MATCH
+from tests.engine.test_variants_cpu import one_thread
 from tests.tolerances import assert_close
 
 
@@ -20,15 +23,16 @@ def make_args(T, B, I, H, dtype, bias=True, seed=0, scale=1.0):
 
 def compare(args, lengths, reverse, dtype):
     leaves = [a for a in args if a is not None]
-    y_ref, h_ref = mingru_ref(*args, lengths=lengths, reverse=reverse)
+    g = torch.Generator().manual_seed(7)
+    with one_thread():
+        y_ref, h_ref = mingru_ref(*args, lengths=lengths, reverse=reverse)
+        dy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64).to(dtype)
+        dh = torch.randn(h_ref.shape, generator=g, dtype=torch.float64).to(dtype)
+        ref = torch.autograd.grad((y_ref, h_ref), leaves, (dy, dh))
     y, h = mingru_cpu(*args, lengths=lengths, reverse=reverse)
     tol = ENGINE_MATCH[dtype]
     assert_close("y", y, y_ref, tol, relative=True)
     assert_close("h_n", h, h_ref, tol, relative=True)
-    g = torch.Generator().manual_seed(7)
-    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
-    dh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(dtype)
-    ref = torch.autograd.grad((y_ref, h_ref), leaves, (dy, dh))
     got = torch.autograd.grad((y, h), leaves, (dy, dh))
     for name, a, b in zip(["dx", "dh0", "dW", "db_W"], got, ref, strict=False):
         assert_close(name, a, b, tol, relative=True)
@@ -65,9 +69,10 @@ def test_layer_with_fused_kernels_matches_sequential(dtype):
     for backend in ("cpu", "sequential"):
         m.backend = backend
         xb, hb = x.clone().requires_grad_(), hx.clone().requires_grad_()
-        y, h_n = m(xb, hb, lengths=lengths)
-        w = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
-        grads = torch.autograd.grad((y * w).sum() + h_n.square().sum(), [xb, hb, *m.parameters()])
+        with one_thread() if backend == "sequential" else nullcontext():
+            y, h_n = m(xb, hb, lengths=lengths)
+            w = torch.linspace(-1, 1, y.numel(), dtype=dtype).reshape(y.shape)
+            grads = torch.autograd.grad((y * w).sum() + h_n.square().sum(), [xb, hb, *m.parameters()])
         results[backend] = (y, h_n, grads)
     tol = ENGINE_MATCH[dtype]
     (y, h_n, grads), (y_s, h_s, grads_s) = results["cpu"], results["sequential"]

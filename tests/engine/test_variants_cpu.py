@@ -1,6 +1,8 @@
 """The fused variant kernels (zoneout, variational dropout, layer norm) against the reference loop
 :func:`variant_gru_ref` on the same masks: outputs, final state and every gradient."""
 
+from contextlib import contextmanager, nullcontext
+
 import pytest
 import torch
 from hypothesis import given
@@ -13,6 +15,19 @@ from tests.engine.test_cpu import ENGINE_MATCH
 from tests.tolerances import assert_close
 
 ZONEOUT = ("none", "masks", "evaluation")
+
+
+@contextmanager
+def one_thread():
+    """Run the per-step reference loops on one intra-op thread. They issue many tiny torch ops, and
+    with two threads on a busy machine each op can wait a scheduler time slice for a descheduled
+    partner (measured here: 7 s instead of 20 ms for one realistic-size case). Same results."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def make_case(T, B, I, H, *, bias, ln, m_x, m_h, zoneout, seed, dtype=torch.float64, init_scale=True):
@@ -48,11 +63,12 @@ def make_case(T, B, I, H, *, bias, ln, m_x, m_h, zoneout, seed, dtype=torch.floa
 
 def run(fn, tensors, kw, leaves, reset, lengths, reverse):
     """Outputs and the gradients of a fixed random cotangent with respect to every leaf."""
-    y, h_n = fn(*tensors, reset=reset, lengths=lengths, reverse=reverse, **kw)
-    g = torch.Generator().manual_seed(7)
-    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    dh = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    return [y, h_n, *torch.autograd.grad((y, h_n), leaves, (dy, dh))]
+    with one_thread() if fn is variant_gru_ref else nullcontext():
+        y, h_n = fn(*tensors, reset=reset, lengths=lengths, reverse=reverse, **kw)
+        g = torch.Generator().manual_seed(7)
+        dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+        dh = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(y.dtype)
+        return [y, h_n, *torch.autograd.grad((y, h_n), leaves, (dy, dh))]
 
 
 def names(kw, bias):
@@ -145,7 +161,8 @@ def test_layers_route_to_the_kernels_and_match_the_reference(cls, training, monk
             recurrent_dropout=0.3).double().train(training)
     x = torch.randn(9, 4, 3, dtype=torch.float64)
     lengths = torch.tensor([9, 3, 0, 6])
-    y_r, h_r, g_r = _layer_grads(m, "reference", x, lengths, seed=5)
+    with one_thread():
+        y_r, h_r, g_r = _layer_grads(m, "reference", x, lengths, seed=5)
     calls = []
     monkeypatch.setattr(R, "variant_gru_ref", lambda *a, **k: calls.append(1))
     y, h, grads = _layer_grads(m, "auto", x, lengths, seed=5)
