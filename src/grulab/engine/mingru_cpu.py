@@ -3,15 +3,17 @@
 minGRU's gates see only the input (:mod:`grulab.cells.mingru`, (M1)-(M3)), so after one large
 product ``a = x W^T + b_W`` (all steps at once, torch, all threads) the recurrence
 ``h_t = (1 - z_t) h_{t-1} + z_t h̃_t`` is element-wise: every unit of every row evolves alone.
-The kernels split the (row, block of units) tiles over threads (:mod:`grulab.engine._pool`, no
-synchronisation) and each tile runs its loop over time on a contiguous block of units, which LLVM vectorises
-(float32 uses the vectorised activations of :mod:`grulab.engine._jitmath`).
+The kernels cut the batch into blocks of rows and, when rows are fewer than threads, blocks of
+units; each block runs on its own thread (:mod:`grulab.engine._pool`, no synchronisation). As in
+:mod:`grulab.engine.cpu` the loop over time is outermost, so each step reads the block's rows of
+``a`` as contiguous runs; the loop over units works through small buffers, which lets LLVM
+vectorise it (float32 uses the vectorised activations of :mod:`grulab.engine._jitmath`).
 
 forward
-    ``_mingru_fwd_tile``: (M1)-(M3) over time for one tile; writes ``y``, ``h_n`` and, with
-    lengths in training, the carried ``states``.
+    ``_mingru_fwd_block``: (M1)-(M3) over time; writes ``y``, ``h_n`` and, with lengths in
+    training, the carried ``states``.
 backward (``docs/derivation.md``, section 7, (M6)-(M10))
-    ``_mingru_bwd_tile``: the loop from the last processed step to the first, writing the
+    ``_mingru_bwd_block``: the loop from the last processed step to the first, writing the
     pre-activation gradients ``da = [da_z, da_h]`` and ``dh0``; then ``dx``, ``dW``, ``db_W``
     of (M10) as large matrix products.
 
@@ -24,6 +26,7 @@ The kernels rewrite (M3) as ``h_prev + z (h̃ - h_prev)`` (one FMA).
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,112 +34,102 @@ from grulab.engine._jitmath import FLAGS
 from grulab.engine._pool import run_chunks, threads
 from grulab.engine.cpu import _lengths_np, _np, sigmoid
 
-MIN_TILE_UNITS = 16  # a thread's block of units: below this the loop overhead outweighs the split
+MIN_BLOCK_UNITS = 16  # a thread's block of units: below this the loop overhead outweighs the split
+
+
+@numba.njit(**FLAGS)
+def _block(c, nchunks, nk, B, H):  # noqa: ANN001, ANN201
+    """Rows ``b0:b1`` and units ``k0:k1`` of block ``c``: ``nchunks / nk`` row blocks times ``nk``."""
+    nr = nchunks // nk
+    cr, cu = c // nk, c % nk
+    return cr * B // nr, (cr + 1) * B // nr, cu * H // nk, (cu + 1) * H // nk
 
 
 # ----------------------------------------------------------------------------------- forward
 @numba.njit(**FLAGS)
-def _mingru_fwd_tile(b, k0, k1, a, h0, lengths, reverse, save_states, y, states, h_n):  # noqa: ANN001, ANN201
-    """(M1)-(M3) over time for row ``b``, units ``k0:k1``. ``a`` (T, B, 2H) holds ``[a_z, a_h]``."""
+def _mingru_fwd_block(c, nchunks, nk, a, h0, lengths, reverse, save_states, y, states,
+                      h_n):  # noqa: ANN001, ANN201
+    """(M1)-(M3) over time for block ``c`` (:func:`_block`). ``a`` (T, B, 2H) holds ``[a_z, a_h]``."""
     T = a.shape[0]
-    H = h0.shape[1]
+    B, H = h0.shape
+    b0, b1, k0, k1 = _block(c, nchunks, nk, B, H)
     half = h0.dtype.type(0.5)
-    h = h0[b, k0:k1].copy()  # carried state of this tile
-    n = k1 - k0
+    h = h0[b0:b1, k0:k1].copy()  # (nb, nk) carried state of this block
     for s in range(T):
         t = T - 1 - s if reverse else s
-        y_t = y[t, b]
-        if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
-            for j in range(n):
-                y_t[k0 + j] = 0.0
+        for bb in range(b1 - b0):
+            b = b0 + bb
+            h_b = h[bb]
+            if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
+                y[t, b, k0:k1] = 0.0
+            else:
+                a_z = a[t, b, k0:k1]
+                a_hv = a[t, b, H + k0 : H + k1]
+                for j in range(k1 - k0):
+                    z = sigmoid(a_z[j])  # (M1)
+                    a_h = a_hv[j]
+                    s_h = sigmoid(a_h)  # both branches of g computed, so the select vectorises
+                    h_tilde = a_h + half if a_h >= 0 else s_h  # (M2)
+                    h_b[j] = h_b[j] + z * (h_tilde - h_b[j])  # (M3), rewritten
+                y[t, b, k0:k1] = h_b
             if save_states:
-                for j in range(n):
-                    states[t, b, k0 + j] = h[j]
-            continue
-        a_t = a[t, b]
-        for j in range(n):
-            k = k0 + j
-            z = sigmoid(a_t[k])  # (M1)
-            a_h = a_t[H + k]
-            s_h = sigmoid(a_h)  # both branches of g computed, so the select vectorises
-            h_tilde = a_h + half if a_h >= 0 else s_h  # (M2)
-            h_new = h[j] + z * (h_tilde - h[j])  # (M3), rewritten
-            h[j] = h_new
-            y_t[k] = h_new
-        if save_states:
-            for j in range(n):
-                states[t, b, k0 + j] = h[j]
-    for j in range(n):
-        h_n[b, k0 + j] = h[j]
-
-
-@numba.njit(**FLAGS)
-def _mingru_fwd_chunk(c, nchunks, nk, a, h0, lengths, reverse, save_states, y, states, h_n):  # noqa: ANN001, ANN201
-    """Chunk ``c`` of ``nchunks`` of the (row, block of ``H / nk`` units) tiles."""
-    B, H = h0.shape
-    for i in range(c * B * nk // nchunks, (c + 1) * B * nk // nchunks):
-        u = i % nk
-        _mingru_fwd_tile(i // nk, u * H // nk, (u + 1) * H // nk, a, h0, lengths, reverse, save_states, y, states,
-                         h_n)
+                states[t, b, k0:k1] = h_b
+    h_n[b0:b1, k0:k1] = h
 
 
 # ---------------------------------------------------------------------------------- backward
 @numba.njit(**FLAGS)
-def _mingru_bwd_tile(b, k0, k1, dy, dh_n, a, h0, states, lengths, reverse, da, dh0):  # noqa: ANN001, ANN201
-    """(M6)-(M9) for row ``b``, units ``k0:k1``, from the last processed step to the first.
+def _mingru_bwd_block(c, nchunks, nk, dy, dh_n, a, h0, states, lengths, reverse, da,
+                      dh0):  # noqa: ANN001, ANN201
+    """(M6)-(M9) for block ``c`` (:func:`_block`), from the last processed step to the first.
     Writes ``da`` (T, B, 2H) = ``[da_z, da_h]`` and ``dh0``; ``states`` gives each step's h_prev."""
     T = a.shape[0]
-    H = h0.shape[1]
+    B, H = h0.shape
+    b0, b1, k0, k1 = _block(c, nchunks, nk, B, H)
     one = h0.dtype.type(1)
     half = h0.dtype.type(0.5)
-    n = k1 - k0
-    carry = dh_n[b, k0:k1].copy()  # dL/dh flowing back into the current step
+    carry = dh_n[b0:b1, k0:k1].copy()  # dL/dh flowing back into the current step
+    da_z = np.empty(k1 - k0, carry.dtype)  # a step's gradients, buffered so the loop vectorises
+    da_h = np.empty(k1 - k0, carry.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t + 1 if reverse else t - 1  # the step that produced h_prev
-        da_t = da[t, b]
-        if t >= lengths[b]:  # skipped: identity on the state, no parameter gradient
-            for j in range(n):
-                da_t[k0 + j] = 0.0
-                da_t[H + k0 + j] = 0.0
-            continue
-        a_t = a[t, b]
-        dy_t = dy[t, b]
-        h_prev_t = states[tp, b] if 0 <= tp < T else h0[b]
-        for j in range(n):
-            k = k0 + j
-            h_prev = h_prev_t[k]
-            z = sigmoid(a_t[k])  # (M1), recomputed
-            a_h = a_t[H + k]
-            s_h = sigmoid(a_h)
-            pos = a_h >= 0
-            h_tilde = a_h + half if pos else s_h  # (M2), recomputed
-            dg = one if pos else s_h * (one - s_h)  # g'(a_h)
-            dh = carry[j] + dy_t[k]  # (M6)
-            da_t[k] = dh * (h_tilde - h_prev) * z * (one - z)  # (M7)
-            da_t[H + k] = dh * z * dg  # (M8)
-            carry[j] = dh * (one - z)  # (M9)
-    for j in range(n):
-        dh0[b, k0 + j] = carry[j]
-
-
-@numba.njit(**FLAGS)
-def _mingru_bwd_chunk(c, nchunks, nk, dy, dh_n, a, h0, states, lengths, reverse, da, dh0):  # noqa: ANN001, ANN201
-    """Chunk ``c`` of ``nchunks`` of the (row, block of ``H / nk`` units) tiles."""
-    B, H = h0.shape
-    for i in range(c * B * nk // nchunks, (c + 1) * B * nk // nchunks):
-        u = i % nk
-        _mingru_bwd_tile(i // nk, u * H // nk, (u + 1) * H // nk, dy, dh_n, a, h0, states, lengths, reverse, da,
-                         dh0)
+        for bb in range(b1 - b0):
+            b = b0 + bb
+            if t >= lengths[b]:  # skipped: identity on the state, no parameter gradient
+                da[t, b, k0:k1] = 0.0
+                da[t, b, H + k0 : H + k1] = 0.0
+                continue
+            c_b = carry[bb]
+            a_z = a[t, b, k0:k1]
+            a_hv = a[t, b, H + k0 : H + k1]
+            dy_t = dy[t, b, k0:k1]
+            h_prev = states[tp, b, k0:k1] if 0 <= tp < T else h0[b, k0:k1]
+            for j in range(k1 - k0):
+                z = sigmoid(a_z[j])  # (M1), recomputed
+                a_h = a_hv[j]
+                s_h = sigmoid(a_h)
+                pos = a_h >= 0
+                h_tilde = a_h + half if pos else s_h  # (M2), recomputed
+                dg = one if pos else s_h * (one - s_h)  # g'(a_h)
+                dh = c_b[j] + dy_t[j]  # (M6)
+                da_z[j] = dh * (h_tilde - h_prev[j]) * z * (one - z)  # (M7)
+                da_h[j] = dh * z * dg  # (M8)
+                c_b[j] = dh * (one - z)  # (M9)
+            da[t, b, k0:k1] = da_z
+            da[t, b, H + k0 : H + k1] = da_h
+    dh0[b0:b1, k0:k1] = carry
 
 
 # ---------------------------------------------------------------------------------- launchers
 def _tiling(B: int, H: int) -> tuple[int, int]:
-    """``(nk, nchunks)``: whole rows when there are enough for every thread, otherwise rows split
-    into ``nk`` blocks of units too; the tiles are cut into one chunk per thread."""
+    """``(nk, nchunks)``: blocks of rows, one per thread when there are enough rows; otherwise
+    each row's units are split into ``nk`` blocks too."""
     n = threads()
-    nk = max(1, min(-(-n // B), H // MIN_TILE_UNITS))
-    return nk, min(n, B * nk)
+    if B >= n:
+        return 1, n
+    nk = max(1, min(-(-n // B), H // MIN_BLOCK_UNITS))
+    return nk, B * nk
 
 
 def mingru_fwd(x: Tensor, h0: Tensor, W: Tensor, b_W: Tensor | None, lengths: Tensor | None, reverse: bool,
@@ -153,7 +146,7 @@ def mingru_fwd(x: Tensor, h0: Tensor, W: Tensor, b_W: Tensor | None, lengths: Te
     save_states = training and lengths is not None
     states = torch.empty((T, B, H) if save_states else (1, 1, 1), dtype=x.dtype)
     nk, n = _tiling(B, H)
-    run_chunks(_mingru_fwd_chunk, n, nk, _np(a), _np(h0.detach().contiguous()),
+    run_chunks(_mingru_fwd_block, n, nk, _np(a), _np(h0.detach().contiguous()),
                _lengths_np(lengths, B, T), reverse, save_states, _np(y), _np(states), _np(h_n))
     if not training:
         return y, h_n, ()
@@ -171,7 +164,7 @@ def mingru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, b_W: 
     da = torch.empty((T, B, 2 * H), dtype=x.dtype)
     dh0 = torch.empty((B, H), dtype=x.dtype)
     nk, n = _tiling(B, H)
-    run_chunks(_mingru_bwd_chunk, n, nk, _np(dy.contiguous()), _np(dh_n.contiguous()),
+    run_chunks(_mingru_bwd_block, n, nk, _np(dy.contiguous()), _np(dh_n.contiguous()),
                _np(a), _np(h0.detach().contiguous()), _np(states), _lengths_np(lengths, B, T), reverse, _np(da),
                _np(dh0))
     D = da.view(T * B, 2 * H)
