@@ -19,6 +19,8 @@ from grulab.train.loop import METRICS_FILE
 
 SUMMARY_JSON, SUMMARY_MD, GRID_FILE = "summary.json", "summary.md", "grid.json"
 RESULTS_START, RESULTS_END = "<!-- real-data:start -->", "<!-- real-data:end -->"
+SECTION_TITLE = ("## Real data\n\nWritten by `grulab train --summarize DIR --results-md docs/results.md` from the run "
+                 "folders; data sets, metrics and protocol: [real_data.md](real_data.md).")
 CELL_NAMES = {"rnn": "tanh RNN", "gru": "GRU (reset after)", "gru_before": "GRU (reset before)", "lstm": "LSTM",
               "mingru": "minGRU"}
 DATA_NAMES = {"jsb": "JSB Chorales", "nottingham": "Nottingham", "musedata": "MuseData", "piano": "Piano-midi.de",
@@ -259,7 +261,7 @@ def insert_results_section(results_md: str | Path, section: str) -> Path:
     if they are absent); the rest of the file is left as it is."""
     path = Path(results_md)
     text = path.read_text() if path.is_file() else ""
-    block = f"{RESULTS_START}\n{section.rstrip()}\n{RESULTS_END}"
+    block = f"{RESULTS_START}\n{SECTION_TITLE}\n\n{section.rstrip()}\n{RESULTS_END}"
     if RESULTS_START in text and RESULTS_END in text:
         head, rest = text.split(RESULTS_START, 1)
         _, tail = rest.split(RESULTS_END, 1)
