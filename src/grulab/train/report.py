@@ -122,12 +122,13 @@ def summarize(out_dir: str | Path) -> dict[str, Any]:
                      "hidden": rs[0]["hidden"], "parameters": rs[0]["parameters"],
                      "valid_mean": valid[0], "valid_std": valid[1], "test_mean": test[0], "test_std": test[1],
                      "test_values": [r["test"][f"test_{metric}"] for r in sorted(rs, key=lambda r: r["seed"])],
+                     "other_test": {k.removeprefix("test_"): _mean_std([r["test"][k] for r in rs])
+                                    for k in sorted(rs[0]["test"]) if k != f"test_{metric}"},
                      "steps": statistics.fmean(r["steps"] for r in rs),
                      "best_step": statistics.fmean(r["best_step"] for r in rs),
                      "seconds": statistics.fmean(r["seconds"] for r in rs),
                      "train": rs[0]["run"], "metric_doc": rs[0].get("metric", "")})
-        baselines[data] = {name: {k: v for k, v in scores.items() if k.endswith(f"_{metric}")}
-                           for name, scores in rs[0]["baselines"].items()}
+        baselines[data] = {name: dict(scores) for name, scores in rs[0]["baselines"].items()}
     datas = sorted({row["data"] for row in rows})
     loads = [r["machine"]["load_average"][0] for r in runs if r.get("machine", {}).get("load_average")]
     commands = sorted({json.loads(p.read_text()).get("command") for p in out.glob(f"**/{GRID_FILE}")} - {None})
@@ -186,7 +187,8 @@ def _fmt(mean: float, std: float) -> str:
 def summary_markdown(summary: dict[str, Any], command: str | None = None) -> str:
     """The summary as Markdown tables, with the published numbers beside ours."""
     lines: list[str] = []
-    for data in sorted({r["data"] for r in summary["groups"]}):
+    order = list(DATA_NAMES)  # the music benchmark first
+    for data in sorted({r["data"] for r in summary["groups"]}, key=lambda d: (order.index(d) if d in order else 99, d)):
         rows = [r for r in summary["groups"] if r["data"] == data]
         metric = rows[0]["metric"]
         published = summary.get("published", {}).get(data, {})
@@ -194,8 +196,9 @@ def summary_markdown(summary: dict[str, Any], command: str | None = None) -> str
         lines.append(f"#### {DATA_NAMES.get(data, data)}: test {metric}, mean ± std over seeds "
                      f"({', '.join(map(str, seeds))})")
         lines.append("")
-        head = ["cell", "hidden", "parameters", "seeds", f"valid {metric}", f"test {metric}", *published,
-                "best step", "steps", "seconds per run"]
+        others = sorted({k for r in rows for k in r.get("other_test", {})})
+        head = ["cell", "hidden", "parameters", "seeds", f"valid {metric}", f"test {metric}",
+                *[f"test {k}" for k in others], *published, "best step", "steps", "seconds per run"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for r in rows:
@@ -203,20 +206,25 @@ def summary_markdown(summary: dict[str, Any], command: str | None = None) -> str
             lines.append(f"| {CELL_NAMES.get(r['cell'], r['cell'])} | {r['hidden']} | {r['parameters']:,} | "
                          f"{len(r['seeds'])} | {_fmt(r['valid_mean'], r['valid_std'])} | "
                          f"{_fmt(r['test_mean'], r['test_std'])} | "
-                         + " | ".join([*pub, f"{r['best_step']:.0f}", f"{r['steps']:.0f}", f"{r['seconds']:.0f}"])
+                         + " | ".join([*(_fmt(*r["other_test"][k]) if k in r.get("other_test", {}) else ""
+                                         for k in others), *pub,
+                                      f"{r['best_step']:.0f}", f"{r['steps']:.0f}", f"{r['seconds']:.0f}"])
                          + " |")
         for name, scores in summary["baselines"].get(data, {}).items():
             v, t = scores.get(f"valid_{metric}"), scores.get(f"test_{metric}")
-            if t is None:
+            extra = [f"{scores[f'test_{k}']:.3f}" if f"test_{k}" in scores else "" for k in others]
+            if t is None and not any(extra):
                 continue
-            cells = [f"{name} (baseline)", "", "", "", f"{v:.3f}", f"{t:.3f}", *[""] * (len(head) - 6)]
+            cells = [f"{name} (baseline)", "", "", "", "" if v is None else f"{v:.3f}",
+                     "" if t is None else f"{t:.3f}", *extra,
+                     *[""] * (len(head) - 6 - len(extra))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         verdict = summary["verdicts"].get(data, {})
         if verdict.get("verdict", "n/a") != "n/a":
             vs = ", ".join(f"{CELL_NAMES.get(c, c)} {v}" for c, v in verdict["vs_rnn"].items())
-            lines.append(f"Published ordering (gated units below the tanh RNN; criterion: {verdict['criterion']}): "
-                         f"**{verdict['verdict']}** ({vs} than the tanh RNN)."
+            lines.append(f"Chung et al. (2014)'s finding, gated units below the tanh RNN (criterion: "
+                         f"{verdict['criterion']}): **{verdict['verdict']}** (against the tanh RNN: {vs})."
                          + (f" GRU vs LSTM: {verdict['gru_vs_lstm']}." if "gru_vs_lstm" in verdict else ""))
             lines.append("")
         if rows[0].get("metric_doc"):
