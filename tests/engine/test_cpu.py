@@ -114,7 +114,7 @@ def test_small_batch_unit_split_matches_reference(reset, B, H, monkeypatch):
     """Small batches split the units over two threads (barrier per step); gradients included."""
     from grulab.engine import cpu
 
-    if cpu._threads() < 2:
+    if cpu.threads() < 2:
         pytest.skip("needs two threads")
     ran = []
     monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: "units")  # even when slower under test load
@@ -131,23 +131,18 @@ def test_small_batch_unit_split_matches_reference(reset, B, H, monkeypatch):
 
 def test_unit_split_falls_back_when_the_threads_cannot_meet(monkeypatch):
     """Both workers on one thread cannot pass a barrier: they abort and the serial kernel runs."""
-    import numba
-
     from grulab.engine import cpu
 
     tuner = cpu.PathTuner()
     monkeypatch.setattr(cpu, "TUNER", tuner)
     monkeypatch.setattr(cpu, "SPIN_LIMIT", 10_000)
-    monkeypatch.setattr(cpu, "_threads", lambda: 2)
+    monkeypatch.setattr(cpu, "threads", lambda: 2)
     monkeypatch.setattr(tuner, "choose", lambda key, paths: "units")
-    real = numba.set_num_threads
-    monkeypatch.setattr(numba, "set_num_threads", lambda n: real(1))
-    try:
-        compare(make_args(12, 1, 3, 100, torch.float64), "after", None, False, "cpu", torch.float64)
-        key = next(iter(tuner.samples))
-        assert tuner.samples[key]["units"][0] == float("inf") and tuner.samples[key]["rows"]
-    finally:
-        real(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    # run the chunks one after the other on this thread: worker 0 waits for a partner that never comes
+    monkeypatch.setattr(cpu, "run_chunks", lambda kernel, n, *args: [kernel(c, n, *args) for c in range(n)])
+    compare(make_args(12, 1, 3, 100, torch.float64), "after", None, False, "cpu", torch.float64)
+    key = next(iter(tuner.samples))
+    assert tuner.samples[key]["units"][0] == float("inf") and tuner.samples[key]["rows"]
 
 
 def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():

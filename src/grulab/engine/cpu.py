@@ -4,11 +4,12 @@ Per layer and direction (the shapes of :mod:`grulab.engine.reference`):
 
 forward
     1. ``xp = x W^T + b_W`` for all steps at once: one large matrix product (torch, all threads).
-    2. ``_gru_fwd_kernel``: the recurrent loop in compiled code, parallel over batch chunks
-       (rows are independent, so the threads never synchronise). Each step is a small GEMM
-       ``h_prev U^T`` (``_jitmath.gemm_nt``) fused with the gate equations (1)-(4).
+    2. ``_gru_fwd_rows``: the recurrent loop in compiled code (nogil), one chunk of batch rows per
+       thread of :mod:`grulab.engine._pool` (rows are independent: threads never synchronise); for
+       a small batch, ``_gru_fwd_units_worker`` splits the hidden units over two threads instead.
+       Each step is a small GEMM ``h_prev U^T`` (``_jitmath.gemm_nt``) fused with the gate equations (1)-(4).
 backward
-    3. ``_gru_bwd_kernel``: the recurrent loop of eqs. (5)-(12) in compiled code, writing the gate
+    3. ``_gru_bwd_rows``: the recurrent loop of eqs. (5)-(12) in compiled code, writing the gate
        pre-activation gradients ``da = [da_z, da_r, da_h]`` (and ``du_h`` for reset="after").
     4. The weight and input gradients of eq. (13) as large matrix products after the loop.
 
@@ -28,13 +29,11 @@ import time
 import numba
 import numpy as np
 import torch
-from numba import prange
 from numba.extending import overload
 from torch import Tensor
 
 from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nt, sigmoid32, sigmoid64, tanh32, tanh64
-
-MIN_ROWS_PER_THREAD = 4  # below this a chunk's GEMM degenerates to matrix-vector products
+from grulab.engine._pool import chunks, run_chunks, threads
 
 
 def sigmoid(x):  # noqa: ANN001, ANN201  (Python body: used only when NUMBA_DISABLE_JIT=1)
@@ -72,12 +71,13 @@ def _store(t, b, k, y_tbk, state, z, r, h_tilde, u_h, out, save_states, save_gat
 
 # ----------------------------------------------------------------------------------- forward
 @numba.njit(**FLAGS)
-def _gru_fwd_rows(b0, b1, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s, r_s,
+def _gru_fwd_rows(c, n, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s, r_s,
                   ht_s, uh_s, h_n):  # noqa: ANN001, ANN201
-    """Recurrent loop of eqs. (1)-(4) for batch rows ``b0:b1``. ``xp`` (T, B, 3H) holds ``W x + b_W``;
+    """Recurrent loop of eqs. (1)-(4) for chunk ``c`` of ``n`` of the batch rows. ``xp`` (T, B, 3H) holds ``W x + b_W``;
     writes ``y``, ``h_n`` and, when asked, ``states`` (the carried state) and the gates."""
-    T = xp.shape[0]
+    T, B = xp.shape[0], xp.shape[1]
     H = h0.shape[1]
+    b0, b1 = c * B // n, (c + 1) * B // n
     nb = b1 - b0
     out = (y, states, z_s, r_s, ht_s, uh_s)
     h = h0[b0:b1].copy()  # (nb, H) carried state
@@ -125,16 +125,6 @@ def _gru_fwd_rows(b0, b1, xp, h0, U, b_U, lengths, reverse, after, save_states, 
     for bb in range(nb):
         for k in range(H):
             h_n[b0 + bb, k] = h[bb, k]
-
-
-@numba.njit(parallel=True, **FLAGS)
-def _gru_fwd_parallel(nchunks, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s,
-                      r_s, ht_s, uh_s, h_n):  # noqa: ANN001, ANN201
-    """``_gru_fwd_rows`` on ``nchunks`` chunks of rows, one per thread (rows never interact)."""
-    B = xp.shape[1]
-    for c in prange(nchunks):
-        _gru_fwd_rows(c * B // nchunks, (c + 1) * B // nchunks, xp, h0, U, b_U, lengths, reverse, after,
-                      save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n)
 
 
 # ---------------------------------------------------- forward, small batch: units split over threads
@@ -204,14 +194,6 @@ def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, re
             h_n[b, k0 + j] = hbuf[T % 2][b, k0 + j]
 
 
-@numba.njit(parallel=True, **FLAGS)
-def _gru_fwd_units(nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y,
-                   states, z_s, r_s, ht_s, uh_s, h_n, hbuf, rhbuf, flags, spin_limit):  # noqa: ANN001, ANN201
-    for w in prange(nw):
-        _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states,
-                              save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, rhbuf, flags, spin_limit)
-
-
 def _pack_unit_rows(U: np.ndarray, H: int, nw: int, gates: tuple[int, ...]) -> np.ndarray:
     """Rows of ``U`` for each worker's units, gate blocks of ``ceil(H / nw)`` rows (zero-padded)."""
     nkmax = -(-H // nw)
@@ -225,7 +207,7 @@ def _pack_unit_rows(U: np.ndarray, H: int, nw: int, gates: tuple[int, ...]) -> n
 
 def _unit_split_eligible(B: int, T: int, H: int) -> bool:
     """Rows alone cannot keep two threads busy, and a step has enough work to outweigh a barrier."""
-    return (not numba.config.DISABLE_JIT and _chunks(B) == 1 and _threads() >= 2 and B * H >= UNIT_SPLIT_MIN_WORK
+    return (not numba.config.DISABLE_JIT and chunks(B) == 1 and threads() >= 2 and B * H >= UNIT_SPLIT_MIN_WORK
             and T >= 8)
 
 
@@ -280,21 +262,21 @@ def _fwd_unit_split(xp, h0, U, b_U, lengths, reverse, after, save_states, save_g
     hbuf[0] = h0
     rhbuf = np.zeros_like(h0)
     flags = np.zeros((nw + 1) * SLOT, np.int64)
-    numba.set_num_threads(nw)
-    _gru_fwd_units(nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y,
-                   states, z, r, h_tilde, u_h, h_n, hbuf, rhbuf, flags, SPIN_LIMIT)
+    run_chunks(_gru_fwd_units_worker, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states,
+               save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, rhbuf, flags, SPIN_LIMIT)
     return flags[nw * SLOT] == 0  # an abort: the threads could not keep pace (nothing usable written)
 
 
 # ---------------------------------------------------------------------------------- backward
 @numba.njit(**FLAGS)
-def _gru_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, UT_h, lengths, reverse, after,
+def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, UT_h, lengths, reverse, after,
                   da, du_h, dh0):  # noqa: ANN001, ANN201
-    """Recurrent loop of eqs. (5)-(12) for batch rows ``b0:b1``, from the last processed step to the
+    """Recurrent loop of eqs. (5)-(12) for chunk ``c`` of ``n`` of the batch rows, from the last processed step to the
     first. Writes the gate pre-activation gradients ``da`` (T, B, 3H) = [da_z, da_r, da_h],
     ``du_h`` (reset="after") and ``dh0``. ``UT`` is U^T (H, 3H); ``UT_zr``, ``UT_h`` its blocks."""
-    T = dy.shape[0]
+    T, B = dy.shape[0], dy.shape[1]
     H = h0.shape[1]
+    b0, b1 = c * B // n, (c + 1) * B // n
     nb = b1 - b0
     carry = dh_n[b0:b1].copy()  # dL/dh flowing back into the current step
     g = np.zeros((nb, 3 * H if after else 2 * H), carry.dtype)  # recurrent-side gradients
@@ -368,36 +350,6 @@ def _gru_bwd_rows(b0, b1, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr,
             dh0[b0 + bb, k] = carry[bb, k]
 
 
-@numba.njit(parallel=True, **FLAGS)
-def _gru_bwd_parallel(nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, UT_h, lengths, reverse,
-                      after, da, du_h, dh0):  # noqa: ANN001, ANN201
-    """``_gru_bwd_rows`` on ``nchunks`` chunks of rows, one per thread."""
-    B = dy.shape[1]
-    for c in prange(nchunks):
-        _gru_bwd_rows(c * B // nchunks, (c + 1) * B // nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT,
-                      UT_zr, UT_h, lengths, reverse, after, da, du_h, dh0)
-
-
-def _launch(rows_fn, parallel_fn, B: int, *args) -> None:  # noqa: ANN001
-    """Run a rows kernel over the whole batch: serially (no thread-pool round trip) for one chunk."""
-    n = _chunks(B)
-    if n == 1:
-        rows_fn(0, B, *args)
-    else:
-        parallel_fn(n, *args)
-
-
-# ---------------------------------------------------------------------------------- launchers
-def _threads() -> int:
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n
-
-
-def _chunks(B: int) -> int:
-    return max(1, min(_threads(), B // MIN_ROWS_PER_THREAD))
-
-
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
@@ -428,7 +380,7 @@ def _outer_sum_prev(G: Tensor, states: Tensor, h0: Tensor, reverse: bool, out: T
 def _run_forward(args: tuple, B: int, T: int, H: int, reset: str, dtype: torch.dtype) -> None:
     """Rows over threads, or, for a small batch, units over two threads if that measures faster."""
     if not _unit_split_eligible(B, T, H):
-        _launch(_gru_fwd_rows, _gru_fwd_parallel, B, *args)
+        run_chunks(_gru_fwd_rows, chunks(B), *args)
         return
     key = (B, H, reset, dtype)
     path = TUNER.choose(key, ("units", "rows"))
@@ -438,7 +390,7 @@ def _run_forward(args: tuple, B: int, T: int, H: int, reset: str, dtype: torch.d
         t0 = time.perf_counter()
         path = "rows"
     if path == "rows":
-        _launch(_gru_fwd_rows, _gru_fwd_parallel, B, *args)
+        run_chunks(_gru_fwd_rows, chunks(B), *args)
     TUNER.record(key, path, (time.perf_counter() - t0) / T)
 
 
@@ -489,7 +441,7 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
     da = _empty((T, B, 3 * H), x)
     du_h = _empty((T, B, H) if after else (1, 1, 1), x)
     dh0 = _empty((B, H), x)
-    _launch(_gru_bwd_rows, _gru_bwd_parallel, B, _np(dy.contiguous()), _np(dh_n.contiguous()),
+    run_chunks(_gru_bwd_rows, chunks(B), _np(dy.contiguous()), _np(dh_n.contiguous()),
             _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(UT),
             dummy if after else _np(UT[:, : 2 * H].contiguous()), dummy if after else _np(UT[:, 2 * H :].contiguous()),
             _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0))
