@@ -55,18 +55,65 @@ def _tanh_impl(x):  # noqa: ANN001, ANN202
 
 
 @numba.njit(**{**FLAGS, "inline": "always"})
-def _store(t, b, k, y_tbk, state, z, r, h_tilde, u_h, out, save_states, save_gates):  # noqa: ANN001, ANN202
-    """Write one unit's output and, when asked, its carried state and gates for the backward.
-    ``out = (y, states, z_s, r_s, ht_s, uh_s)``."""
+def _store_rows(t, b, k0, h_row, z_row, r_row, ht_row, uh_row, out, save_states, save_gates):  # noqa: ANN001, ANN202
+    """Write one row's new state (as output and, when asked, as carried state) and its gates at
+    units ``k0 : k0 + len(h_row)``. ``out = (y, states, z_s, r_s, ht_s, uh_s)``. Whole-row copies
+    keep the unit loops that compute them free of stores to six arrays (which did not vectorise)."""
     y, states, z_s, r_s, ht_s, uh_s = out
-    y[t, b, k] = y_tbk
+    k1 = k0 + h_row.shape[0]
+    y[t, b, k0:k1] = h_row
     if save_states:
-        states[t, b, k] = state
+        states[t, b, k0:k1] = h_row
     if save_gates:
-        z_s[t, b, k] = z
-        r_s[t, b, k] = r
-        ht_s[t, b, k] = h_tilde
-        uh_s[t, b, k] = u_h
+        z_s[t, b, k0:k1] = z_row
+        r_s[t, b, k0:k1] = r_row
+        ht_s[t, b, k0:k1] = ht_row
+        uh_s[t, b, k0:k1] = uh_row
+
+
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _store_skipped(t, b, k0, h_row, out, save_states, save_gates):  # noqa: ANN001, ANN202
+    """A step past the row's length: the state passes through, the output is zero, and the gates
+    are zero as the reference records them (``0 * garbage`` is not 0)."""
+    y, states, z_s, r_s, ht_s, uh_s = out
+    k1 = k0 + h_row.shape[0]
+    y[t, b, k0:k1] = 0.0
+    if save_states:
+        states[t, b, k0:k1] = h_row
+    if save_gates:
+        z_s[t, b, k0:k1] = 0.0
+        r_s[t, b, k0:k1] = 0.0
+        ht_s[t, b, k0:k1] = 0.0
+        uh_s[t, b, k0:k1] = 0.0
+
+
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _gates_row(x_t, u_row, b_U, H, k0, nk, nkmax, z_row, r_row):  # noqa: ANN001, ANN202
+    """Eqs. (1)-(2) for units ``k0 : k0 + nk``: ``u_row`` holds their recurrent pre-activations
+    in blocks ``[z | r | ...]`` of ``nkmax``."""
+    for j in range(nk):
+        z_row[j] = sigmoid(x_t[k0 + j] + u_row[j] + b_U[k0 + j])  # (eq. 1)
+        r_row[j] = sigmoid(x_t[H + k0 + j] + u_row[nkmax + j] + b_U[H + k0 + j])  # (eq. 2)
+
+
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _update_row(x_t, H, k0, nk, after, b_U, z_row, r_row, uh_row, hp_row, hn_row, ht_row):  # noqa: ANN001, ANN202
+    """Eqs. (3)-(4) for units ``k0 : k0 + nk``; ``uh_row`` holds ``U_h h_prev`` (after, bias
+    added) or ``U_h (r * h_prev)`` (before, bias added here). ``hn_row`` may be ``hp_row``."""
+    xh = x_t[2 * H + k0 : 2 * H + k0 + nk]
+    if after:
+        for j in range(nk):
+            a = tanh(xh[j] + r_row[j] * uh_row[j])  # (eq. 3a)
+            ht_row[j] = a
+            hn_row[j] = hp_row[j] + z_row[j] * (a - hp_row[j])  # (eq. 4), rewritten
+    else:
+        bh = b_U[2 * H + k0 : 2 * H + k0 + nk]
+        for j in range(nk):
+            v = uh_row[j] + bh[j]
+            uh_row[j] = v
+            a = tanh(xh[j] + v)  # (eq. 3b)
+            ht_row[j] = a
+            hn_row[j] = hp_row[j] + z_row[j] * (a - hp_row[j])  # (eq. 4), rewritten
 
 
 # ----------------------------------------------------------------------------------- forward
@@ -84,47 +131,37 @@ def _gru_fwd_rows(c, n, xp, h0, U, b_U, lengths, reverse, after, save_states, sa
     u = np.empty((nb, 3 * H if after else 2 * H), h.dtype)  # recurrent pre-activations
     z = np.empty((nb, H), h.dtype)
     r = np.empty((nb, H), h.dtype)
-    rh = np.empty((nb, H), h.dtype)
+    rh = np.zeros((nb, H), h.dtype)
     uh = np.empty((nb, H), h.dtype)
+    ht = np.empty((nb, H), h.dtype)
     U_zr = U[: 2 * H]
     U_h = U[2 * H :]
     for s in range(T):
         t = T - 1 - s if reverse else s
         gemm_nt(h, U if after else U_zr, u)  # (nb, 3H|2H) = h_prev U^T
         for bb in range(nb):
-            b = b0 + bb
-            x_t = xp[t, b]
-            if t >= lengths[b]:
+            if t >= lengths[b0 + bb]:
                 continue
-            for k in range(H):
-                z[bb, k] = sigmoid(x_t[k] + u[bb, k] + b_U[k])  # (eq. 1)
-                r[bb, k] = sigmoid(x_t[H + k] + u[bb, H + k] + b_U[H + k])  # (eq. 2)
-                if after:
-                    uh[bb, k] = u[bb, 2 * H + k] + b_U[2 * H + k]  # (eq. 3a)
-                else:
-                    rh[bb, k] = r[bb, k] * h[bb, k]
+            x_t = xp[t, b0 + bb]
+            _gates_row(x_t, u[bb], b_U, H, 0, H, H, z[bb], r[bb])
+            if after:
+                uh_row, u_row, bh = uh[bb], u[bb, 2 * H :], b_U[2 * H :]
+                for k in range(H):
+                    uh_row[k] = u_row[k] + bh[k]  # (eq. 3a) U_h h_prev + b_Uh
+            else:
+                rh_row, r_row, h_row = rh[bb], r[bb], h[bb]
+                for k in range(H):
+                    rh_row[k] = r_row[k] * h_row[k]
         if not after:
             gemm_nt(rh, U_h, uh)  # (eq. 3b) U_h (r * h_prev)
         for bb in range(nb):
             b = b0 + bb
-            x_t = xp[t, b]
             if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
-                for k in range(H):  # gates zero, as the reference records them (0 * garbage is not 0)
-                    _store(t, b, k, 0.0, h[bb, k], 0.0, 0.0, 0.0, 0.0, out, save_states, save_gates)
+                _store_skipped(t, b, 0, h[bb], out, save_states, save_gates)
                 continue
-            for k in range(H):
-                if after:
-                    a_h = x_t[2 * H + k] + r[bb, k] * uh[bb, k]  # (eq. 3a)
-                else:
-                    uh[bb, k] += b_U[2 * H + k]
-                    a_h = x_t[2 * H + k] + uh[bb, k]  # (eq. 3b)
-                h_tilde = tanh(a_h)  # (eq. 3)
-                h_new = h[bb, k] + z[bb, k] * (h_tilde - h[bb, k])  # (eq. 4), rewritten
-                h[bb, k] = h_new
-                _store(t, b, k, h_new, h_new, z[bb, k], r[bb, k], h_tilde, uh[bb, k], out, save_states, save_gates)
-    for bb in range(nb):
-        for k in range(H):
-            h_n[b0 + bb, k] = h[bb, k]
+            _update_row(xp[t, b], H, 0, H, after, b_U, z[bb], r[bb], uh[bb], h[bb], h[bb], ht[bb])
+            _store_rows(t, b, 0, h[bb], z[bb], r[bb], ht[bb], uh[bb], out, save_states, save_gates)
+    h_n[b0:b1] = h
 
 
 # ---------------------------------------------------- forward, small batch: units split over threads
@@ -146,6 +183,7 @@ def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, re
     uh = np.empty((B, nkmax), h0.dtype)
     z = np.empty((B, nkmax), h0.dtype)
     r = np.empty((B, nkmax), h0.dtype)
+    ht = np.empty((B, nkmax), h0.dtype)
     phase = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -154,44 +192,34 @@ def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, re
         gemm_nt(hin, U_pk[w] if after else U_zr_pk[w], u)  # own rows of U h_prev
         for b in range(B):
             x_t = xp[t, b]
-            for j in range(nk):
-                k = k0 + j
-                z[b, j] = sigmoid(x_t[k] + u[b, j] + b_U[k])  # (eq. 1)
-                r[b, j] = sigmoid(x_t[H + k] + u[b, nkmax + j] + b_U[H + k])  # (eq. 2)
-                if after:
-                    uh[b, j] = u[b, 2 * nkmax + j] + b_U[2 * H + k]  # (eq. 3a)
-                else:
-                    rhbuf[b, k] = r[b, j] * hin[b, k]
+            _gates_row(x_t, u[b], b_U, H, k0, nk, nkmax, z[b], r[b])
+            if after:
+                uh_row, u_row, bh = uh[b], u[b, 2 * nkmax :], b_U[2 * H + k0 :]
+                for j in range(nk):
+                    uh_row[j] = u_row[j] + bh[j]  # (eq. 3a) U_h h_prev + b_Uh
+            else:
+                rh_row, r_row, h_row = rhbuf[b, k0:], r[b], hin[b, k0:]
+                for j in range(nk):
+                    rh_row[j] = r_row[j] * h_row[j]
         if not after:
             phase += 1
             if not barrier(flags, w, nw, phase, spin_limit):  # every unit of r * h_prev is written
                 return
             gemm_nt(rhbuf, U_h_pk[w], uh)  # (eq. 3b) own rows of U_h (r * h_prev)
         for b in range(B):
-            x_t = xp[t, b]
-            skip = t >= lengths[b]
-            for j in range(nk):
-                k = k0 + j
-                h_prev = hin[b, k]
-                if skip:  # the state passes through, the output is zero
-                    hout[b, k] = h_prev
-                    _store(t, b, k, 0.0, h_prev, 0.0, 0.0, 0.0, 0.0, out, save_states, save_gates)
-                    continue
-                if after:
-                    a_h = x_t[2 * H + k] + r[b, j] * uh[b, j]  # (eq. 3a)
-                else:
-                    uh[b, j] += b_U[2 * H + k]
-                    a_h = x_t[2 * H + k] + uh[b, j]  # (eq. 3b)
-                h_tilde = tanh(a_h)  # (eq. 3)
-                h_new = h_prev + z[b, j] * (h_tilde - h_prev)  # (eq. 4), rewritten
-                hout[b, k] = h_new
-                _store(t, b, k, h_new, h_new, z[b, j], r[b, j], h_tilde, uh[b, j], out, save_states, save_gates)
+            hp_row = hin[b, k0 : k0 + nk]
+            hn_row = hout[b, k0 : k0 + nk]
+            if t >= lengths[b]:  # the state passes through, the output is zero
+                hn_row[:] = hp_row
+                _store_skipped(t, b, k0, hp_row, out, save_states, save_gates)
+                continue
+            _update_row(xp[t, b], H, k0, nk, after, b_U, z[b], r[b], uh[b], hp_row, hn_row, ht[b])
+            _store_rows(t, b, k0, hn_row, z[b, :nk], r[b, :nk], ht[b, :nk], uh[b, :nk], out, save_states,
+                        save_gates)
         phase += 1
         if not barrier(flags, w, nw, phase, spin_limit):  # the new state is complete
             return
-    for b in range(B):
-        for j in range(nk):
-            h_n[b, k0 + j] = hbuf[T % 2][b, k0 + j]
+    h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
 
 
 def _pack_unit_rows(U: np.ndarray, H: int, nw: int, gates: tuple[int, ...]) -> np.ndarray:
@@ -289,42 +317,40 @@ def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, U
         tp = t + 1 if reverse else t - 1  # the step that produced h_prev
         for bb in range(nb):
             b = b0 + bb
+            da_z, da_r, da_h = da[t, b, :H], da[t, b, H : 2 * H], da[t, b, 2 * H :]
             if t >= lengths[b]:  # skipped: identity on the state, no parameter gradient
-                for q in range(g.shape[1]):
-                    g[bb, q] = 0.0
-                for k in range(H):
-                    dh_prev[bb, k] = carry[bb, k]
-                    da[t, b, k] = 0.0
-                    da[t, b, H + k] = 0.0
-                    da[t, b, 2 * H + k] = 0.0
-                    dah[bb, k] = 0.0
-                    if after:
-                        du_h[t, b, k] = 0.0
-                continue
-            for k in range(H):
-                h_prev = states[tp, b, k] if 0 <= tp < T else h0[b, k]
-                z = z_s[t, b, k]
-                r = r_s[t, b, k]
-                h_tilde = ht_s[t, b, k]
-                dh = carry[bb, k] + dy[t, b, k]
-                dh_tilde = dh * z  # (eq. 5)
-                dz = dh * (h_tilde - h_prev)  # (eq. 6)
-                dh_prev[bb, k] = dh * (1.0 - z)  # (eq. 7)
-                da_h = dh_tilde * (1.0 - h_tilde * h_tilde)  # (eq. 8)
-                da_z = dz * z * (1.0 - z)  # (eq. 9)
-                da[t, b, k] = da_z
-                da[t, b, 2 * H + k] = da_h
-                g[bb, k] = da_z
+                g[bb] = 0.0
+                dh_prev[bb] = carry[bb]
+                da[t, b] = 0.0
+                dah[bb] = 0.0
                 if after:
-                    dr = da_h * uh_s[t, b, k]  # (eq. 10a)
-                    d_uh = da_h * r  # (eq. 10a)
-                    du_h[t, b, k] = d_uh
-                    g[bb, 2 * H + k] = d_uh
-                    da_r = dr * r * (1.0 - r)  # (eq. 11)
-                    da[t, b, H + k] = da_r
-                    g[bb, H + k] = da_r
-                else:
-                    dah[bb, k] = da_h  # (eq. 10b) du_h = da_h
+                    du_h[t, b] = 0.0
+                continue
+            hp = states[tp, b] if 0 <= tp < T else h0[b]
+            z, r, h_tilde = z_s[t, b], r_s[t, b], ht_s[t, b]
+            c_row, y_row, dp_row, g_row = carry[bb], dy[t, b], dh_prev[bb], g[bb]
+            for k in range(H):
+                dh = c_row[k] + y_row[k]
+                zk = z[k]
+                dz = dh * (h_tilde[k] - hp[k])  # (eq. 6)
+                dp_row[k] = dh * (1.0 - zk)  # (eq. 7)
+                a_h = dh * zk * (1.0 - h_tilde[k] * h_tilde[k])  # (eqs. 5, 8)
+                a_z = dz * zk * (1.0 - zk)  # (eq. 9)
+                da_z[k] = a_z
+                da_h[k] = a_h
+                g_row[k] = a_z
+            if after:
+                uh, du = uh_s[t, b], du_h[t, b]
+                for k in range(H):
+                    rk = r[k]
+                    d_uh = da_h[k] * rk  # (eq. 10a)
+                    a_r = da_h[k] * uh[k] * rk * (1.0 - rk)  # (eqs. 10a, 11)
+                    du[k] = d_uh
+                    da_r[k] = a_r
+                    g_row[2 * H + k] = d_uh
+                    g_row[H + k] = a_r
+            else:
+                dah[bb] = da_h  # (eq. 10b) du_h = da_h
         if after:
             gemm_nt(g, UT, tmp)  # (eqs. 10a, 12) U^T [da_z; da_r; du_h]
         else:
@@ -333,21 +359,21 @@ def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, U
                 b = b0 + bb
                 if t >= lengths[b]:
                     continue
+                hp = states[tp, b] if 0 <= tp < T else h0[b]
+                r, da_r = r_s[t, b], da[t, b, H : 2 * H]
+                d_row, dp_row, g_row = drh[bb], dh_prev[bb], g[bb]
                 for k in range(H):
-                    h_prev = states[tp, b, k] if 0 <= tp < T else h0[b, k]
-                    r = r_s[t, b, k]
-                    dr = drh[bb, k] * h_prev  # (eq. 10b)
-                    dh_prev[bb, k] += drh[bb, k] * r  # (eq. 10b)
-                    da_r = dr * r * (1.0 - r)  # (eq. 11)
-                    da[t, b, H + k] = da_r
-                    g[bb, H + k] = da_r
+                    rk = r[k]
+                    dp_row[k] += d_row[k] * rk  # (eq. 10b)
+                    a_r = d_row[k] * hp[k] * rk * (1.0 - rk)  # (eqs. 10b, 11)
+                    da_r[k] = a_r
+                    g_row[H + k] = a_r
             gemm_nt(g, UT_zr, tmp)  # (eq. 12) U_z^T da_z + U_r^T da_r
         for bb in range(nb):
+            c_row, dp_row, t_row = carry[bb], dh_prev[bb], tmp[bb]
             for k in range(H):
-                carry[bb, k] = dh_prev[bb, k] + tmp[bb, k]  # (eq. 12)
-    for bb in range(nb):
-        for k in range(H):
-            dh0[b0 + bb, k] = carry[bb, k]
+                c_row[k] = dp_row[k] + t_row[k]  # (eq. 12)
+    dh0[b0:b1] = carry
 
 
 def _np(t: Tensor) -> np.ndarray:
