@@ -37,6 +37,24 @@ def test_alternating_timer_and_flops():
     assert gru_flops(1, 1, 1, 1, True) == 2 * 3 * 2 + 2 * 3 * 3
 
 
+def test_settle_sleeps_before_every_timed_call(monkeypatch):
+    import grulab.bench.harness as harness
+
+    sleeps = []
+    monkeypatch.setattr(harness.time, "sleep", sleeps.append)
+    time_alternating({"a": lambda: None, "b": lambda: None}, repeats=4, warmup=1, settle=0.01)
+    assert sleeps == [0.01] * 8
+    with pytest.raises(ValueError, match="settle must be"):
+        BenchConfig(settle=-1)
+
+
+def test_mingru_roofline_uses_the_gru_time(tmp_path):
+    res = run_bench(BenchConfig(quick=True, cases=("mingru",), out_dir=str(tmp_path), settle=0))
+    for row in res["rows"]:
+        gru = row["timing"]["grulab GRU"]["median"]
+        assert row["gflops_grulab"] == pytest.approx(row["flops"] / gru / 1e9)
+
+
 def test_bad_config_and_readme_without_markers(tmp_path):
     with pytest.raises(ValueError, match="unknown bench cases"):
         BenchConfig(cases=("streaming", "gpu"))

@@ -40,6 +40,7 @@ class BenchConfig:
     train_batches: tuple[int, ...] = (16, 64)
     train_hidden: tuple[int, ...] = (128, 256, 512)
     mingru_lengths: tuple[int, ...] = (256, 1024, 4096)
+    settle: float = 0.02  # seconds of idle before each timed call (see time_alternating)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,6 +50,8 @@ class BenchConfig:
                              f"mingru")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if not 0 <= self.settle <= 1:
+            raise ValueError(f"settle must be in [0, 1] seconds, got {self.settle}")
         if self.quick:
             self.repeats = min(self.repeats, 3)
             self.stream_hidden, self.stream_steps = (32,), 50
@@ -56,14 +59,21 @@ class BenchConfig:
             self.mingru_lengths = (64,)
 
 
-def time_alternating(contestants: Contestants, repeats: int, warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Median, min and max seconds per call of each contestant, timed in alternating rounds."""
+def time_alternating(contestants: Contestants, repeats: int, warmup: int = 2,
+                     settle: float = 0.0) -> dict[str, dict[str, float]]:
+    """Median, min and max seconds per call of each contestant, timed in alternating rounds.
+
+    ``settle`` seconds of sleep precede each timed call: thread pools spin for a while after a
+    call (ONNX Runtime's by default, OpenMP's under torch), and a spinning pool left by one
+    contestant would take a core from the next one's timed call."""
     for fn in contestants.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {k: [] for k in contestants}
     for _ in range(repeats):
         for name, fn in contestants.items():
+            if settle:
+                time.sleep(settle)
             t0 = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - t0)
@@ -166,7 +176,7 @@ def _streaming_row(H: int, cfg: BenchConfig, threads: int, tmp: Path) -> dict[st
     contestants["grulab stream.step"] = step_loop
     contestants["torch GRUCell loop"] = cell_loop
     with torch.no_grad():
-        timing = time_alternating(contestants, cfg.repeats)
+        timing = time_alternating(contestants, cfg.repeats, settle=cfg.settle)
     return {"case": "streaming", "shape": {"B": 1, "T": T, "I": I, "H": H}, "unit": "us/step",
             "results": {k: v["median"] / T * 1e6 for k, v in timing.items()}, "flops": gru_flops(T, 1, I, H, False),
             "timing": timing}
@@ -183,7 +193,7 @@ def case_inference(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, 
         sess = _ort_session(ours, threads, tmp)
         if sess is not None:
             contestants["onnxruntime"] = _ort_runner(sess, x, torch.zeros(1, B, H))
-        timing = time_alternating(contestants, cfg.repeats)
+        timing = time_alternating(contestants, cfg.repeats, settle=cfg.settle)
     return [{"case": "inference", "shape": {"B": B, "T": T, "I": I, "H": H}, "unit": "ms",
              "results": {k: v["median"] * 1e3 for k, v in timing.items()}, "flops": gru_flops(T, B, I, H, False),
              "timing": timing}]
@@ -206,7 +216,7 @@ def case_training(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, A
             ref, ours = _pair(I, H, cfg.seed)
             x = torch.randn(T, B, I)
             timing = time_alternating({"grulab": _train_step(ours, x), "torch.nn.GRU": _train_step(ref, x)},
-                                      cfg.repeats)
+                                      cfg.repeats, settle=cfg.settle)
             rows.append({"case": "training", "shape": {"B": B, "T": T, "I": I, "H": H}, "unit": "ms",
                          "results": {k: v["median"] * 1e3 for k, v in timing.items()},
                          "flops": gru_flops(T, B, I, H, True), "timing": timing})
@@ -224,10 +234,10 @@ def case_mingru(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, Any
         x = torch.randn(T, B, I)
         timing = time_alternating({"grulab GRU": _train_step(gru, x), "grulab MinGRU": _train_step(mingru, x),
                                    "torch.nn.GRU": _train_step(grulab.GRU.to_torch(gru), x)},
-                                  max(3, cfg.repeats // 3))
+                                  max(3, cfg.repeats // 3), settle=cfg.settle)
         rows.append({"case": "mingru", "shape": {"B": B, "T": T, "I": I, "H": H}, "unit": "ms",
                      "results": {k: v["median"] * 1e3 for k, v in timing.items()},
-                     "flops": gru_flops(T, B, I, H, True), "timing": timing})
+                     "flops": gru_flops(T, B, I, H, True), "roofline_of": "grulab GRU", "timing": timing})
     return rows
 
 
@@ -250,7 +260,11 @@ def run_bench(cfg: BenchConfig | None = None, console: Console | None = None,
         for name in cfg.cases:
             progress.update(task, description=f"benchmarking {name}")
             for row in CASES[name](cfg, threads, Path(tmp)):
-                best = min(v["median"] for k, v in row["timing"].items() if k.startswith("grulab"))
+                # the roofline of the contestant the FLOP count describes (minGRU rows count the GRU's
+                # FLOPs, so they take its time), else the fastest grulab entry of the row
+                of = row.get("roofline_of")
+                best = row["timing"][of]["median"] if of else min(
+                    v["median"] for k, v in row["timing"].items() if k.startswith("grulab"))
                 row["gflops_grulab"] = row["flops"] / best / 1e9
                 row["roofline_fraction"] = row["gflops_grulab"] / peak
                 results["rows"].append(row)
