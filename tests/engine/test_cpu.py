@@ -56,6 +56,20 @@ def test_engine_matches_reference_at_a_realistic_size(reset):
             torch.float32)
 
 
+@pytest.mark.parametrize("fuse_min_rows", [1, 10**9])  # every chunk computes W x_t itself / never does
+@pytest.mark.parametrize("reset", ["before", "after"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_and_precomputed_input_products_match_reference(fuse_min_rows, reset, dtype, monkeypatch):
+    from grulab.engine import cpu
+
+    monkeypatch.setattr(cpu, "FUSE_MIN_ROWS", fuse_min_rows)
+    for seed, (T, B, I, H), bias in ((0, (6, 9, 5, 7), True), (1, (4, 20, 3, 13), False)):
+        args = make_args(T, B, I, H, dtype, bias, seed)
+        lengths = torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(seed))
+        compare(args, reset, lengths, bool(seed), "cpu", dtype)
+        compare(args, reset, None, not seed, "cpu_recompute", dtype)
+
+
 def test_auto_picks_the_cpu_engine():
     assert resolve_backend("auto", torch.zeros(1)) == "cpu"
     assert resolve_backend("auto", torch.zeros(1, dtype=torch.bfloat16)) == "reference"
@@ -103,9 +117,16 @@ def test_long_sequence_float32_stays_within_1e4_of_float64():
 @pytest.mark.nojit
 def test_small_case_for_the_uncompiled_kernels():
     """Run under NUMBA_DISABLE_JIT=1 by `make test`: the kernel bodies execute as Python."""
-    for reset in ("after", "before"):
-        compare(make_args(3, 5, 2, 3, torch.float64, seed=3), reset, torch.tensor([3, 0, 2, 1, 3]), True, "cpu",
-                torch.float64)
+    from grulab.engine import cpu
+
+    for fuse_min_rows in (1, 10**9):  # the input products inside the kernel, and computed beforehand
+        cpu.FUSE_MIN_ROWS, saved = fuse_min_rows, cpu.FUSE_MIN_ROWS
+        try:
+            for reset in ("after", "before"):
+                compare(make_args(3, 5, 2, 3, torch.float64, seed=3), reset, torch.tensor([3, 0, 2, 1, 3]), True,
+                        "cpu", torch.float64)
+        finally:
+            cpu.FUSE_MIN_ROWS = saved
 
 
 @pytest.mark.parametrize("reset", ["before", "after"])

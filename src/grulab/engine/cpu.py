@@ -3,7 +3,9 @@
 Per layer and direction (the shapes of :mod:`grulab.engine.reference`):
 
 forward
-    1. ``xp = x W^T + b_W`` for all steps at once: one large matrix product (torch, all threads).
+    1. ``xp = x W^T + b_W`` for all steps at once: one large matrix product (torch, all threads);
+       from ``FUSE_MIN_ROWS`` rows per thread on, each thread instead computes ``x_t W^T + b_W`` for
+       its rows inside the loop below (the same products, no T·B·3H buffer through memory).
     2. ``_gru_fwd_rows``: the recurrent loop in compiled code (nogil), one chunk of batch rows per
        thread of :mod:`grulab.engine._pool` (rows are independent: threads never synchronise); for
        a small batch, ``_gru_fwd_units_worker`` splits the hidden units over two threads instead.
@@ -118,11 +120,14 @@ def _update_row(x_t, H, k0, nk, after, b_U, z_row, r_row, uh_row, hp_row, hn_row
 
 # ----------------------------------------------------------------------------------- forward
 @numba.njit(**FLAGS)
-def _gru_fwd_rows(c, n, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z_s, r_s,
-                  ht_s, uh_s, h_n):  # noqa: ANN001, ANN201
-    """Recurrent loop of eqs. (1)-(4) for chunk ``c`` of ``n`` of the batch rows. ``xp`` (T, B, 3H) holds ``W x + b_W``;
-    writes ``y``, ``h_n`` and, when asked, ``states`` (the carried state) and the gates."""
-    T, B = xp.shape[0], xp.shape[1]
+def _gru_fwd_rows(c, n, fuse, x, W, b_W, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y,
+                  states, z_s, r_s, ht_s, uh_s, h_n):  # noqa: ANN001, ANN201
+    """Recurrent loop of eqs. (1)-(4) for chunk ``c`` of ``n`` of the batch rows; writes ``y``, ``h_n`` and,
+    when asked, ``states`` (the carried state) and the gates. The input side ``W x_t + b_W`` is either
+    read from ``xp`` (T, B, 3H), computed beforehand for all steps, or, with ``fuse``, computed here
+    step by step from ``x`` (T, B, I), ``W`` and ``b_W`` for this chunk's rows (``xp`` unused): the
+    same products without a T·B·3H buffer written to memory and read back."""
+    T, B = y.shape[0], y.shape[1]
     H = h0.shape[1]
     b0, b1 = c * B // n, (c + 1) * B // n
     nb = b1 - b0
@@ -134,15 +139,22 @@ def _gru_fwd_rows(c, n, xp, h0, U, b_U, lengths, reverse, after, save_states, sa
     rh = np.zeros((nb, H), h.dtype)
     uh = np.empty((nb, H), h.dtype)
     ht = np.empty((nb, H), h.dtype)
+    xw = np.empty((nb if fuse else 1, 3 * H), h.dtype)  # W x_t + b_W of this chunk's rows (fuse)
     U_zr = U[: 2 * H]
     U_h = U[2 * H :]
     for s in range(T):
         t = T - 1 - s if reverse else s
+        if fuse:
+            gemm_nt(x[t, b0:b1], W, xw)  # (nb, 3H) = x_t W^T
+            for bb in range(nb):
+                xw_row = xw[bb]
+                for q in range(3 * H):
+                    xw_row[q] += b_W[q]
         gemm_nt(h, U if after else U_zr, u)  # (nb, 3H|2H) = h_prev U^T
         for bb in range(nb):
             if t >= lengths[b0 + bb]:
                 continue
-            x_t = xp[t, b0 + bb]
+            x_t = xw[bb] if fuse else xp[t, b0 + bb]
             _gates_row(x_t, u[bb], b_U, H, 0, H, H, z[bb], r[bb])
             if after:
                 uh_row, u_row, bh = uh[bb], u[bb, 2 * H :], b_U[2 * H :]
@@ -159,7 +171,7 @@ def _gru_fwd_rows(c, n, xp, h0, U, b_U, lengths, reverse, after, save_states, sa
             if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
                 _store_skipped(t, b, 0, h[bb], out, save_states, save_gates)
                 continue
-            _update_row(xp[t, b], H, 0, H, after, b_U, z[bb], r[bb], uh[bb], h[bb], h[bb], ht[bb])
+            _update_row(xw[bb] if fuse else xp[t, b], H, 0, H, after, b_U, z[bb], r[bb], uh[bb], h[bb], h[bb], ht[bb])
             _store_rows(t, b, 0, h[bb], z[bb], r[bb], ht[bb], uh[bb], out, save_states, save_gates)
     h_n[b0:b1] = h
 
@@ -403,10 +415,20 @@ def _outer_sum_prev(G: Tensor, states: Tensor, h0: Tensor, reverse: bool, out: T
         out.addmm_(G[rest].reshape((T - 1) * B, K).t(), s_rest.reshape((T - 1) * B, H))
 
 
-def _run_forward(args: tuple, B: int, T: int, H: int, reset: str, dtype: torch.dtype) -> None:
-    """Rows over threads, or, for a small batch, units over two threads if that measures faster."""
-    if not _unit_split_eligible(B, T, H):
-        run_chunks(_gru_fwd_rows, chunks(B), *args)
+FUSE_MIN_ROWS = 16  # rows per chunk from which the input products run step by step inside the kernel
+
+
+def _fuse_input(B: int) -> bool:
+    """Whether each chunk computes ``W x_t`` itself: with enough rows per chunk its per-step GEMM
+    is as efficient as one large product, and the T·B·3H buffer (larger than the caches) goes."""
+    return B // chunks(B) >= FUSE_MIN_ROWS
+
+
+def _run_forward(args: tuple, B: int, T: int, H: int, reset: str, dtype: torch.dtype, fused: tuple) -> None:
+    """Rows over threads, or, for a small batch, units over two threads if that measures faster.
+    ``fused = (fuse, x, W, b_W)`` for the rows kernel (see :func:`_gru_fwd_rows`)."""
+    if fused[0] or not _unit_split_eligible(B, T, H):
+        run_chunks(_gru_fwd_rows, chunks(B), *fused, *args)
         return
     key = (B, H, reset, dtype)
     path = TUNER.choose(key, ("units", "rows"))
@@ -416,7 +438,7 @@ def _run_forward(args: tuple, B: int, T: int, H: int, reset: str, dtype: torch.d
         t0 = time.perf_counter()
         path = "rows"
     if path == "rows":
-        run_chunks(_gru_fwd_rows, chunks(B), *args)
+        run_chunks(_gru_fwd_rows, chunks(B), *fused, *args)
     TUNER.record(key, path, (time.perf_counter() - t0) / T)
 
 
@@ -426,9 +448,17 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     """Forward launcher: validated CPU tensors in, ``(y, h_n, saved)`` out (see module docstring)."""
     T, B, I = x.shape
     H = h0.shape[1]
-    x2 = x.detach().reshape(T * B, I)
     Wd = W.detach()
-    xp = (torch.addmm(b_W.detach(), x2, Wd.t()) if b_W is not None else x2 @ Wd.t()).view(T, B, 3 * H)
+    fuse = _fuse_input(B)
+    if fuse:  # the kernel computes W x_t + b_W itself, chunk by chunk
+        xp = x.new_empty((1, 1, 1))
+        b_W_ = b_W.detach().contiguous() if b_W is not None else torch.zeros(3 * H, dtype=x.dtype)
+        fused = (True, _np(x.detach().contiguous()), _np(Wd.contiguous()), _np(b_W_))
+    else:
+        x2 = x.detach().reshape(T * B, I)
+        xp = (torch.addmm(b_W.detach(), x2, Wd.t()) if b_W is not None else x2 @ Wd.t()).view(T, B, 3 * H)
+        dummy = np.empty((1, 1), _np(x).dtype)
+        fused = (False, dummy[None], dummy, dummy[0])
     b_U_ = b_U.detach().contiguous() if b_U is not None else torch.zeros(3 * H, dtype=x.dtype)
     y = _empty((T, B, H), x)
     h_n = _empty((B, H), x)
@@ -441,7 +471,7 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     args = (_np(xp), _np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_),
             _lengths_np(lengths, B, T), reverse, reset == "after", save_states, save_gates, _np(y), _np(states),
             _np(z), _np(r), _np(h_tilde), _np(u_h), _np(h_n))
-    _run_forward(args, B, T, H, reset, x.dtype)
+    _run_forward(args, B, T, H, reset, x.dtype, fused)
     if not training:
         return y, h_n, ()
     if not save_states:
