@@ -5,6 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
+from torch.autograd.functional import jacobian
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import grulab
@@ -170,3 +171,82 @@ def test_step_jacobian_public_api(kind):
         J = grulab.step_jacobian(m, x, h, layer=1)
         assert J.shape == (2, 4, 4)
         assert grulab.step_jacobian(m, x[0], h[0], layer=1).shape == (4, 4)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_step_jacobian_of_the_baselines_equals_autograd_of_one_step(kind):
+    """Values, not only shapes, for the baselines (the GRU's test is below): one step of a one-layer
+    module (PyTorch's kernel on our parameters) differentiated by autograd, one sequence at a time."""
+    m = KINDS[kind][1](3, 4).double()
+    x, h = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    c = torch.randn(2, 4, dtype=torch.float64)
+    J = grulab.step_jacobian(m, x, h, c_prev=c if kind == "LSTM" else None)
+    for b in range(2):
+        if kind == "LSTM":
+            f = lambda s, b=b: torch.cat([v[0] for v in m(x[b:b + 1], (s[None, :4], s[None, 4:]))[1]])
+            auto = jacobian(f, torch.cat([h[b], c[b]]))
+        else:
+            auto = jacobian(lambda s, b=b: m(x[b:b + 1], s[None])[1][0], h[b])
+        assert_close(f"{kind} J[{b}]", J[b], auto, GRAD_MATCH[torch.float64])
+
+
+def _one_step_jacobian(m, x, hx, idx):
+    """``∂h_n[idx]/∂hx[idx]`` of one time step of the whole module, by autograd, per batch item
+    ``(B, H, H)``; cross-batch blocks must vanish. Also returns that direction's layer input."""
+    B, D = hx.shape[1], m.num_directions
+
+    def h_n(h):
+        return m(x, torch.cat([hx[:idx], h[None], hx[idx + 1:]]))[1][idx]  # (B, H)
+
+    full = jacobian(h_n, hx[idx])  # (B, H, B, H)
+    blocks = torch.stack([full[b, :, b, :] for b in range(B)])
+    off = full.clone()
+    for b in range(B):
+        off[b, :, b, :] = 0
+    assert not off.any(), "a sequence's step depends on another sequence's state"
+    layer = idx // D
+    with torch.no_grad():
+        if layer == 0:
+            x_layer = x[0]
+        else:  # one step: the layer below outputs its final states, forward direction first
+            h_below = m(x, hx)[1][(layer - 1) * D:layer * D]  # (D, B, H)
+            x_layer = torch.cat(list(h_below), dim=-1)
+    return blocks, x_layer
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+def test_step_jacobian_equals_autograd_of_one_module_step(reset):
+    """``grulab.step_jacobian`` of every layer and direction against autograd through one step of
+    the whole module; with ``U`` zeroed only the direct part ``diag(1 - z)`` remains."""
+    T, B, I, H = 1, 3, 3, 4
+    m = grulab.GRU(I, H, num_layers=2, bidirectional=True, reset=reset, dtype=torch.float64)
+    with torch.no_grad():  # gates away from 1/2 so that every term of the Jacobian is visible
+        for p in m.parameters():
+            p.mul_(2.0)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = torch.randn(4, B, H, dtype=torch.float64)
+    tol = GRAD_MATCH[torch.float64]
+    for idx in range(4):
+        layer, direction = divmod(idx, 2)
+        auto, x_layer = _one_step_jacobian(m, x, hx, idx)
+        J = grulab.step_jacobian(m, x_layer, hx[idx], layer=layer, direction=direction)
+        assert_close(f"J l{layer} d{direction}", J, auto, tol, relative=True)
+        assert_close(f"J l{layer} d{direction} unbatched",
+                     grulab.step_jacobian(m, x_layer[1], hx[idx, 1], layer=layer, direction=direction), J[1],
+                     TORCH_MATCH[torch.float64])
+        # the direct part alone: with U = 0 the paths through z, r and h_tilde carry nothing
+        W, U, b_W, b_U = m.direction_parameters(layer, direction)
+        with torch.no_grad():
+            U.zero_()
+            z = torch.sigmoid(x_layer @ W[:H].T + b_W[:H] + b_U[:H])  # (B, H) rows [z; r; h] of the layout
+        J0 = grulab.step_jacobian(m, x_layer, hx[idx], layer=layer, direction=direction)
+        assert_close(f"J0 l{layer} d{direction} = diag(1 - z)", J0, torch.diag_embed(1 - z), TORCH_MATCH[torch.float64])
+        auto0, _ = _one_step_jacobian(m, x, hx, idx)
+        assert_close(f"autograd with U = 0, l{layer} d{direction}", auto0, J0, tol)
+    # GRUCell: step_jacobian against autograd of the plain torch-ops cell (no hand backward anywhere)
+    cell = grulab.GRUCell(I, H, reset=reset, dtype=torch.float64)
+    xc, hc = torch.randn(B, I, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
+    J = grulab.step_jacobian(cell, xc, hc)
+    for b in range(B):
+        auto = jacobian(lambda h, b=b: cell(xc[b], h), hc[b])
+        assert_close(f"GRUCell J[{b}]", J[b], auto, TORCH_MATCH[torch.float64])
