@@ -7,14 +7,19 @@ import pytest
 
 from grulab.cli import main
 from grulab.lab import EXPERIMENTS
-from grulab.lab.core import Check, apply_overrides, clearly_less, stat, verdict
+from grulab.lab.core import Check, apply_overrides, clearly_less, not_clearly_above, stat, verdict
+from grulab.lab.exp_adding import AddingConfig
 from grulab.lab.exp_copy import CopyConfig
+from grulab.lab.figures import lab_colour
 from grulab.lab.report import build_report, markers, write_between_markers
 from grulab.lab.runner import make_plan, run_lab
+from grulab.lab.training import CELL_LABELS, CELLS, build_model
+from grulab.models import hidden_for_budget
 
 # seconds per run: tiny models, a handful of steps, short sequences
 TINY = {"steps": "3", "eval_every": "2", "checkpoint_every": "2", "batch": "4", "params": "200",
-        "valid_size": "8", "test_size": "8", "delays": "3", "variants": "rnn:default,gru:chrono,lstm:default",
+        "valid_size": "8", "test_size": "8", "delays": "3",
+        "variants": "rnn:default,gru:chrono,lstm:default,mingru:chrono",
         "lengths": "6", "ablation_T": "6", "flow_T": "6", "flow_batch": "3", "cells": "rnn,gru,lstm",
         "rarities": "0.5", "T": "6", "n_train": "3", "n_test": "6", "probe_size": "4", "scales": "1,10"}
 # the synthetic experiments (real_data, another file of the lab, has its own tests)
@@ -86,7 +91,7 @@ def test_report_from_run_folders(lab, tmp_path):
     rows = {row[0]: row for row in report.summary_rows}
     assert all(row[2] in ("reproduced", "not reproduced", "mixed", "undetermined") for row in rows.values())
     numbers = json.loads(report.results.read_text())
-    assert numbers["copy"]["quick"] is True and numbers["copy"]["runs"] == 3
+    assert numbers["copy"]["quick"] is True and numbers["copy"]["runs"] == 4
     text = md_target.read_text()
     BEGIN, END = markers()
     assert "hand-written intro" in text and "## Real data\nkept as is" in text
@@ -134,3 +139,46 @@ def test_verdicts_follow_the_checks():
     assert clearly_less(stat([0.1]), stat([0.9])) is None
     assert clearly_less(stat([0.1, 0.2]), stat([0.8, 0.9])) is True
     assert clearly_less(stat([0.1, 0.9]), stat([0.8, 0.9])) is False
+
+
+def test_mingru_runs_beside_the_gru_on_the_memory_tasks(lab, tmp_path):
+    out, plan = lab
+    specs = {exp.name: specs for exp, _, specs in plan.experiments}
+    assert [s.run_id for s in specs["copy"] if s.params["cell"] == "mingru"] == ["mingru-chrono-T3-s0"]
+    # adding: minGRU at every length with default init, not in the init ablation, no gradient flow record
+    assert [(s.run_id, s.params["flow"]) for s in specs["adding"] if s.params["cell"] == "mingru"] == [
+        ("mingru-default-T6-s0", False)]
+    for task, (I, O) in (("copy", (10, 10)), ("adding", (2, 1))):  # sized to the budget like every cell
+        (spec,) = [s for s in specs[task] if s.params["cell"] == "mingru"]
+        result = json.loads((out / task / spec.run_id / "result.json").read_text())
+        assert result["metrics"]["hidden_size"] == hidden_for_budget("mingru", I, O, 200)
+    report = build_report(out, tmp_path / "report")
+    for task in ("copy", "adding"):
+        a = report.analyses[task]
+        assert any(row[0].startswith("minGRU") for row in a.tables[0].rows)  # the table shows minGRU
+        mine = [c for c in a.checks if "minGRU" in c.statement]
+        assert len(mine) == 1 and mine[0].source == "Feng et al. 2024"
+        assert mine[0].holds is None and "minGRU" in mine[0].evidence  # one seed: no spread, undecided
+        assert [c.statement for c in a.checks if "minGRU" not in c.statement and "minGRU" in c.evidence] == []
+    # identity reads minGRU's z (from the input only) beside the GRU's and LSTM's
+    rows = report.analyses["identity"].tables[0].rows
+    assert {"minGRU, chrono", "minGRU, default"} <= {row[1] for row in rows}
+    assert "minGRU" in report.html.read_text()
+
+
+def test_mingru_is_a_lab_cell_at_the_matched_budget():
+    assert "mingru" not in CELLS and CELL_LABELS["mingru"] == "minGRU"
+    assert "mingru:default" in CopyConfig().variants and AddingConfig().compare_cells == ("mingru",)
+    assert "mingru" not in AddingConfig().cells  # --set cells=... means the seed's cells in every experiment
+    assert lab_colour("minGRU, chrono") == lab_colour("minGRU", 5) != lab_colour("GRU (reset after)")
+    for cell in ("gru", "mingru"):
+        model = build_model(cell, 2, 1, 5000, init="chrono", horizon=100)
+        n = sum(p.numel() for p in model.parameters())
+        assert abs(n - 5000) / 5000 < 0.02, (cell, n)
+
+
+def test_not_clearly_above_is_the_mirror_of_clearly_less():
+    assert not_clearly_above(stat([0.1]), stat([0.9])) is None
+    assert not_clearly_above(stat([0.8, 0.9]), stat([0.1, 0.2])) is False  # clearly worse
+    assert not_clearly_above(stat([0.1, 0.2]), stat([0.8, 0.9])) is True  # clearly better
+    assert not_clearly_above(stat([0.1, 0.9]), stat([0.4, 0.5])) is True  # within the spread

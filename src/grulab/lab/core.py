@@ -268,6 +268,13 @@ def clearly_less(a: Stat | None, b: Stat | None) -> bool | None:
     return a.mean + a.std < b.mean - b.std
 
 
+def not_clearly_above(a: Stat | None, b: Stat | None) -> bool | None:
+    """``a`` (a loss) does at least as well as ``b`` within the seed-to-seed spread: not
+    :func:`clearly_less` ``(b, a)``. ``None`` unless both sides have at least two seeds."""
+    below = clearly_less(b, a)
+    return None if below is None else not below
+
+
 def clearly_positive(s: Stat | None) -> bool | None:
     """``s`` above zero beyond its seed-to-seed spread (``mean − std > 0``); ``None`` under 2 seeds."""
     if s is None or s.n < 2:

@@ -1,5 +1,6 @@
 """Experiment 2, gradient collapse: the adding problem at growing lengths, the gradient flow at
-initialisation and after training, and default / orthogonal / chrono initialisation."""
+initialisation and after training, default / orthogonal / chrono initialisation, and minGRU
+(Feng et al. 2024) beside the GRU."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ from grulab.lab.core import (
     fmt_number,
     fmt_stat,
     group,
+    not_clearly_above,
     stat_of,
 )
 from grulab.lab.figures import FORMATS, bar_plot, line_plot
 from grulab.lab.training import (
     CELL_LABELS,
     CELLS,
+    LAB_CELLS,
+    MINGRU,
     TEST_SEED,
     VALID_SEED,
     build_model,
@@ -43,16 +47,22 @@ SOLVED = 0.1 * ADDING_BASELINE_MSE  # "solved": MSE below 10% of predicting the 
 AT_BASELINE = 0.8 * ADDING_BASELINE_MSE  # "stays at the baseline": MSE at least 80% of it
 HIGHWAY_DECADES = 2.0  # the GRU's ∂h_T/∂h_0 must beat the RNN's by this many orders of magnitude
 APPROX_DECADES = 1.0  # ∏ diag(1 − z) must predict ‖∂h_T/∂h_0‖ within this many orders of magnitude
+# the families grulab.diagnostics traces; minGRU's step Jacobian is diag(1 − z) exactly (cells/mingru.py),
+# so its flow has no approximation to test and is not recorded
+FLOW_CELLS = CELLS
 
 
 @dataclass
 class AddingConfig(LabConfig):
     """Adding-problem settings (full form). Every cell at every length with default initialisation;
     orthogonal and chrono initialisation at ``ablation_T``; gradient flow recorded for seed 0 at
-    ``flow_T`` on ``flow_batch`` sequences."""
+    ``flow_T`` on ``flow_batch`` sequences. ``compare_cells`` (minGRU) run beside ``cells`` at every
+    length with default initialisation only; a separate setting, so ``--set cells=...`` means the
+    same in every experiment."""
 
     lengths: tuple[int, ...] = (100, 200, 400, 1000)
     cells: tuple[str, ...] = CELLS
+    compare_cells: tuple[str, ...] = (MINGRU,)
     ablation_T: int = 200
     ablation_inits: tuple[str, ...] = ("orthogonal", "chrono")
     flow_T: int = 200
@@ -86,7 +96,9 @@ class AddingExperiment(Experiment):
     claim = ("Gradients through a GRU depend on ∏(1 − z_t), not on ∏ W_hh, so gates can hold a 'gradient highway' "
              "open across long spans (seed, 'What failed' 2; ∂h_t/∂h_(t−1) ≈ 1 − z_t).")
     published = ("Bai et al. (2018), adding problem at T=600: GRU MSE 5.3e-5, LSTM 0.164, tanh RNN 0.177 "
-                 "(baseline 0.167): the GRU solved it, LSTM and RNN stayed at the baseline.")
+                 "(baseline 0.167): the GRU solved it, LSTM and RNN stayed at the baseline. Feng et al. (2024) report "
+                 "that minGRU (gates from the input only, trained by a parallel scan) matches recent sequence models; "
+                 "here it runs as one layer at the GRU's parameter count.")
     baseline = "Predicting the mean sum 1 scores MSE 1/6 ≈ 0.167; solved = MSE < 0.0167."
     Config = AddingConfig
 
@@ -95,7 +107,7 @@ class AddingExperiment(Experiment):
                             test_size=500)
 
     def runs(self, cfg: AddingConfig) -> list[RunSpec]:  # type: ignore[override]
-        keys = [(c, "default", T) for T in cfg.lengths for c in cfg.cells]
+        keys = [(c, "default", T) for T in cfg.lengths for c in (*cfg.cells, *cfg.compare_cells)]
         keys += [(c, i, cfg.ablation_T) for i in cfg.ablation_inits for c in cfg.cells
                  if not (c == "rnn" and i == "chrono")]  # the RNN has no gate to set
         specs, seen = [], set()
@@ -106,7 +118,7 @@ class AddingExperiment(Experiment):
             for seed in range(cfg.seeds):
                 specs.append(RunSpec(f"{cell}-{init}-T{T}-s{seed}", {
                     "cell": cell, "init": init, "T": T, "seed": seed, "steps": cfg.steps, "batch": cfg.batch,
-                    "lr": cfg.lr, "params": cfg.params, "flow": seed == 0 and T == cfg.flow_T}))
+                    "lr": cfg.lr, "params": cfg.params, "flow": seed == 0 and T == cfg.flow_T and cell in FLOW_CELLS}))
         return specs
 
     def run(self, cfg: AddingConfig, spec: RunSpec, run_dir: Path, progress: bool) -> dict[str, Any]:  # type: ignore[override]
@@ -136,7 +148,7 @@ class AddingExperiment(Experiment):
         a = Analysis()
         by = group(results, "cell", "init", "T")
         lengths = sorted({T for (_, i, T) in by if i == "default"})
-        cells = [c for c in CELLS if any(k[0] == c for k in by)]
+        cells = [c for c in LAB_CELLS if any(k[0] == c for k in by)]
         series, rows = {}, []
         for c in cells:
             ts = [T for T in lengths if (c, "default", T) in by]
@@ -151,10 +163,11 @@ class AddingExperiment(Experiment):
                                     hlines=[(ADDING_BASELINE_MSE, "baseline 1/6"), (SOLVED, "solved")])))
         inits = [i for i in ("default", "orthogonal", "chrono")
                  if any(k[1] == i and k[2] == cfg.ablation_T for k in by)]
+        ablated = [c for c in cells if any(k[0] == c and k[1] != "default" and k[2] == cfg.ablation_T for k in by)]
         if len(inits) > 1:
             rows_ab = []
             bars = {i: [] for i in inits}
-            for c in cells:
+            for c in ablated:
                 row = [CELL_LABELS[c]]
                 for i in inits:
                     s = stat_of(by.get((c, i, cfg.ablation_T), []), "mse")
@@ -163,7 +176,7 @@ class AddingExperiment(Experiment):
                 rows_ab.append(row)
             a.tables.append(Table(f"Initialisation at T={cfg.ablation_T}: test MSE", ["model", *inits], rows_ab))
             a.figures.append((f"Default, orthogonal and chrono initialisation at T={cfg.ablation_T}",
-                              bar_plot([CELL_LABELS[c] for c in cells], bars, fig_dir / "adding_init",
+                              bar_plot([CELL_LABELS[c] for c in ablated], bars, fig_dir / "adding_init",
                                        ylabel="test MSE", title=f"Adding problem, T={cfg.ablation_T}: initialisation",
                                        hlines=[(ADDING_BASELINE_MSE, "baseline"), (SOLVED, "solved")], logy=True)))
         flows = {r["cell"]: r.metrics for r in results if r["flow"] and r["init"] == "default"}
@@ -222,5 +235,26 @@ class AddingExperiment(Experiment):
         else:
             checks.append(Check("Gradient highway (GRU against the tanh RNN).", "needs seed-0 runs at flow_T", None,
                                 "missing runs", "seed"))
+        checks.append(mingru_check(by, lengths))
         return checks
+
+
+def mingru_check(by: dict, lengths: list[int]) -> Check:
+    """Feng et al. 2024: minGRU, whose gates read only the input, does as well as the GRU (reset after)
+    at every length, both with default initialisation."""
+    per_T, outcomes = [], []
+    for T in lengths:
+        gru, mingru = by.get(("gru", "default", T)), by.get((MINGRU, "default", T))
+        if not gru or not mingru:
+            outcomes.append(None)
+            continue
+        g, m = stat_of(gru, "mse"), stat_of(mingru, "mse")
+        outcomes.append(not_clearly_above(m, g))
+        per_T.append(f"T={T}: minGRU {fmt_stat(m)} vs GRU {fmt_stat(g)}")
+    holds = None if not outcomes or None in outcomes else all(outcomes)
+    return Check("minGRU, whose gates read only the input, solves the adding problem as well as the GRU at every "
+                 "length.",
+                 "minGRU's test MSE not clearly above the GRU's (not GRU mean + std < minGRU mean − std; at least "
+                 "2 seeds) at every T, default initialisation",
+                 holds, "; ".join(per_T) or "missing minGRU or GRU runs", "Feng et al. 2024")
 

@@ -2,7 +2,8 @@
 
 No training of its own: it traces the gated models the copy and adding experiments trained (and
 their initial weights) on fresh sequences, and asks whether ``z`` goes to 0 where the task needs the
-state held (LSTM analogue: ``1 − f``, the share of the cell that is forgotten).
+state held (LSTM analogue: ``1 − f``, the share of the cell that is forgotten). minGRU's ``z``, which
+reads the input only, is shown beside them; the checks are about the GRU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grulab.cells.mingru import mingru_cell
 from grulab.diagnostics import trace
 from grulab.lab.core import (
     Analysis,
@@ -29,11 +31,12 @@ from grulab.lab.core import (
 from grulab.lab.exp_adding import SOLVED as ADDING_SOLVED
 from grulab.lab.exp_copy import SOLVED as COPY_SOLVED
 from grulab.lab.figures import gate_histograms
-from grulab.lab.training import CELL_LABELS, TEST_SEED, held_out, load_init, load_trained
+from grulab.lab.training import CELL_LABELS, MINGRU, TEST_SEED, held_out, load_init, load_trained
 from grulab.tasks.synthetic import adding_problem, copy_task
 
 CLOSED = 0.05  # "near identity": write gate below 0.05 (a held value keeps > 95% per step)
-GATED = ("gru", "gru_before", "lstm")
+GATED = ("gru", "gru_before", "lstm", MINGRU)
+FAMILY_LABELS = {"lstm": "LSTM: 1 − f", MINGRU: "minGRU: z (from the input only)"}
 
 
 @dataclass
@@ -44,8 +47,12 @@ class IdentityConfig(LabConfig):
 
 
 def write_share(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Per step, sequence and unit, the share of the old state replaced: ``z`` (GRU) or ``1 − f``
-    (LSTM), layer 0, ``(T, B, H)``."""
+    """Per step, sequence and unit, the share of the old state replaced: ``z`` (GRU, minGRU) or
+    ``1 − f`` (LSTM), layer 0, ``(T, B, H)``."""
+    if model.rnn.family == MINGRU:  # (M1): z reads x_t only, so one product gives every step's gate
+        W, b_W = model.rnn.direction_parameters(0)
+        with torch.no_grad():
+            return mingru_cell(x, x.new_zeros(()), W, b_W).z.numpy()
     lt = trace(model, x).layer(0)
     return (lt["z"] if lt.family == "gru" else 1 - lt["f"]).numpy()
 
@@ -108,7 +115,7 @@ class IdentityExperiment(Experiment):
                     row[f"hold_{when}"] = float(np.median(zh)) if zh.size else float("nan")
                     row[f"write_{when}"] = float(np.median(zw)) if zw.size else float("nan")
                     row[f"closed_{when}"] = float((zh < CLOSED).mean()) if zh.size else float("nan")
-                    family = "LSTM: 1 − f" if r["cell"] == "lstm" else "GRU (both candidates): z"
+                    family = FAMILY_LABELS.get(r["cell"], "GRU (both candidates): z")
                     rng = np.random.default_rng(0)
                     for kind, vals in (("hold", zh), ("write", zw)):
                         take = vals if vals.size <= 4000 else rng.choice(vals, 4000, replace=False)
@@ -124,7 +131,8 @@ class IdentityExperiment(Experiment):
                           fmt_stat(stat(r["hold_init"] for r in rows)), fmt_stat(stat(r["hold_trained"] for r in rows)),
                           fmt_stat(stat(r["write_trained"] for r in rows)),
                           fmt_stat(stat(r["closed_trained"] for r in rows))])
-        a.tables.append(Table("Median write share on hold steps before and after training (GRU: z; LSTM: 1 − f), "
+        a.tables.append(Table("Median write share on hold steps before and after training (GRU, minGRU: z; "
+                              "LSTM: 1 − f), "
                               "over all delays and seeds",
                               ["task", "model, init", "solved runs", "hold, at init", "hold, trained",
                                "write steps, trained", f"share of hold values < {CLOSED}"], table))

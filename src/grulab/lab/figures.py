@@ -15,6 +15,18 @@ from grulab.lab.core import Stat
 
 FORMATS = ("png",)
 LINESTYLES = {"default": "-", "pytorch": "-", "orthogonal": ":", "chrono": "--"}
+# the lab's cells beyond the diagnostics' families, each with its own fixed colour (purple is in
+# no family's hue: RNN red, GRU blue, GRU before cyan, LSTM green)
+LAB_COLOURS = {"mingru": "#9467bd"}
+
+
+def lab_colour(label: str, i: int = 0) -> str:
+    """A stable colour for a series label: minGRU's own, else the diagnostics' family colour."""
+    low = label.lower()
+    for key, value in LAB_COLOURS.items():
+        if low.startswith(key):
+            return value
+    return colour(label, i)
 
 
 def _style(label: str) -> str:
@@ -34,7 +46,7 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[Stat]]], stem
     for i, (label, (xs, stats)) in enumerate(series.items()):
         m = np.array([s.mean for s in stats], dtype=float)
         sd = np.array([s.std for s in stats], dtype=float)
-        ax.errorbar(np.asarray(xs, dtype=float), m, yerr=sd, label=label, color=colour(label, i),
+        ax.errorbar(np.asarray(xs, dtype=float), m, yerr=sd, label=label, color=lab_colour(label, i),
                     linestyle=_style(label), marker="o", markersize=4, capsize=3)
     for value, text in hlines:
         ax.axhline(value, color="0.4", linestyle="-.", linewidth=1)
@@ -66,7 +78,7 @@ def bar_plot(groups: Sequence[str], series: Mapping[str, Sequence[Stat]], stem: 
     for i, (label, stats) in enumerate(series.items()):
         m = np.array([s.mean for s in stats], dtype=float)
         sd = np.array([s.std for s in stats], dtype=float)
-        ax.bar(x + (i - (n - 1) / 2) * width, m, width, yerr=sd, capsize=3, label=label, color=colour(label, i),
+        ax.bar(x + (i - (n - 1) / 2) * width, m, width, yerr=sd, capsize=3, label=label, color=lab_colour(label, i),
                alpha=0.85 if "chrono" not in label else 0.55)
     for value, text in hlines:
         ax.axhline(value, color="0.3", linestyle="-.", linewidth=1, label=text)

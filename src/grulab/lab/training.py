@@ -27,8 +27,13 @@ from grulab.train import FitResult, TrainConfig, fit
 INIT_FILE = "model_init.safetensors"
 # fixed generator seeds of the held-out sets: every cell and seed is measured on the same sequences
 VALID_SEED, TEST_SEED = 999_983, 999_979
-CELL_LABELS = {"rnn": "tanh RNN", "gru": "GRU (reset after)", "gru_before": "GRU (reset before)", "lstm": "LSTM"}
+CELL_LABELS = {"rnn": "tanh RNN", "gru": "GRU (reset after)", "gru_before": "GRU (reset before)", "lstm": "LSTM",
+               "mingru": "minGRU"}
+# the seed's comparison: every experiment runs these four
 CELLS = ("rnn", "gru", "gru_before", "lstm")
+# minGRU (Feng et al. 2024) runs beside them on the memory tasks (copy, adding), at the same budget
+MINGRU = "mingru"
+LAB_CELLS = (*CELLS, MINGRU)  # every cell the lab's tables know, in table order
 
 
 def model_init(cell: str, init: str) -> str:
