@@ -86,9 +86,10 @@ def test_baselines_and_variants_on_cuda_match_the_cpu(cls):
     _compare(model, x, lengths=torch.tensor([7, 2, 5]))
 
 
-def test_regularized_gru_trains_on_cuda():
+@pytest.mark.parametrize("zoneout", [0.1, 0.0])
+def test_regularized_gru_trains_on_cuda(zoneout):
     torch.manual_seed(3)
-    model = grulab.RegularizedGRU(4, 8, zoneout=0.1, input_dropout=0.1, recurrent_dropout=0.1).cuda()
+    model = grulab.RegularizedGRU(4, 8, zoneout=zoneout, input_dropout=0.1, recurrent_dropout=0.1).cuda()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, target = torch.randn(20, 6, 4, device="cuda"), torch.rand(20, 6, 8, device="cuda")
     losses = []
@@ -99,6 +100,8 @@ def test_regularized_gru_trains_on_cuda():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+    if zoneout:  # zoneout's evaluation update has no plain-GRU equivalent (as_gru refuses it)
+        return
     model.eval()
     y, _ = model(x)
     y_plain, _ = model.as_gru()(x)
