@@ -4,6 +4,7 @@ beside the GRU."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,17 +181,7 @@ class CopyExperiment(Experiment):
             checks.append(Check("Chrono initialisation lets the GRU solve the task.", f"CE/baseline < {SOLVED}",
                                 None, "no chrono GRU run at the longest delay", "Tallec & Ollivier 2018"))
         # the seed: the GRU (its better initialisation) holds memory where the tanh RNN cannot, at every delay
-        per_T, outcomes = [], []
-        for T in delays:
-            grus = [stat_of(by[k], "ce_norm") for k in by if k[0] == "gru" and k[2] == T]
-            rnns = [stat_of(by[k], "ce_norm") for k in by if k[0] == "rnn" and k[2] == T]
-            if not grus or not rnns:
-                outcomes.append(None)
-                continue
-            best_gru, rnn = min(grus, key=lambda s: s.mean), min(rnns, key=lambda s: s.mean)
-            outcomes.append(clearly_less(best_gru, rnn))
-            per_T.append(f"T={T}: GRU {fmt_stat(best_gru)} vs RNN {fmt_stat(rnn)}")
-        holds = None if not outcomes or None in outcomes else all(outcomes)
+        holds, per_T = _at_every_delay(by, delays, ("gru", "GRU"), ("rnn", "RNN"), clearly_less)
         checks.append(Check("The GRU holds the symbols better than the tanh RNN at every delay.",
                             "best GRU init's CE/baseline below the RNN's beyond the seed spread "
                             "(mean + std < mean − std, at least 2 seeds) at every T",
@@ -199,20 +190,26 @@ class CopyExperiment(Experiment):
         return checks
 
 
+def _at_every_delay(by: dict, delays: list[int], a: tuple[str, str], b: tuple[str, str],
+                    compare: Callable[[Any, Any], bool | None]) -> tuple[bool | None, list[str]]:
+    """``compare(best a, best b)`` on CE/baseline at each delay, each cell at its better initialisation
+    (``a``, ``b`` = (cell, label)); holds when it does at every delay, None when a run is missing."""
+    per_T, outcomes = [], []
+    for T in delays:
+        stats = [[stat_of(by[k], "ce_norm") for k in by if k[0] == cell and k[2] == T] for cell, _ in (a, b)]
+        if not all(stats):
+            outcomes.append(None)
+            continue
+        best_a, best_b = (min(s, key=lambda st: st.mean) for s in stats)
+        outcomes.append(compare(best_a, best_b))
+        per_T.append(f"T={T}: {a[1]} {fmt_stat(best_a)} vs {b[1]} {fmt_stat(best_b)}")
+    return (None if not outcomes or None in outcomes else all(outcomes)), per_T
+
+
 def mingru_check(by: dict, delays: list[int]) -> Check:
     """Feng et al. 2024: minGRU, whose gates read only the input, holds the symbols as well as the GRU
     (reset after), each at its better initialisation, at every delay."""
-    per_T, outcomes = [], []
-    for T in delays:
-        grus = [stat_of(by[k], "ce_norm") for k in by if k[0] == "gru" and k[2] == T]
-        mins = [stat_of(by[k], "ce_norm") for k in by if k[0] == MINGRU and k[2] == T]
-        if not grus or not mins:
-            outcomes.append(None)
-            continue
-        best_gru, best_min = min(grus, key=lambda s: s.mean), min(mins, key=lambda s: s.mean)
-        outcomes.append(not_clearly_above(best_min, best_gru))
-        per_T.append(f"T={T}: minGRU {fmt_stat(best_min)} vs GRU {fmt_stat(best_gru)}")
-    holds = None if not outcomes or None in outcomes else all(outcomes)
+    holds, per_T = _at_every_delay(by, delays, (MINGRU, "minGRU"), ("gru", "GRU"), not_clearly_above)
     return Check("minGRU, whose gates read only the input, holds the symbols as well as the GRU at every delay.",
                  "best minGRU init's CE/baseline not clearly above the best GRU init's (not GRU mean + std < "
                  "minGRU mean − std; at least 2 seeds) at every T",
