@@ -150,6 +150,11 @@ def test_small_batch_unit_split_matches_reference(reset, B, H, monkeypatch):
     assert ran and set(ran) == {"units"}  # the split ran to the end every time (no abort)
 
 
+class _AlwaysWarm(set):
+    def __contains__(self, item) -> bool:
+        return True
+
+
 def test_unit_split_falls_back_when_the_threads_cannot_meet(monkeypatch):
     """Both workers on one thread cannot pass a barrier: they abort and the serial kernel runs."""
     from grulab.engine import cpu
@@ -161,6 +166,7 @@ def test_unit_split_falls_back_when_the_threads_cannot_meet(monkeypatch):
     monkeypatch.setattr(tuner, "choose", lambda key, paths: "units")
     # run the chunks one after the other on this thread: worker 0 waits for a partner that never comes
     monkeypatch.setattr(cpu, "run_chunks", lambda kernel, n, *args: [kernel(c, n, *args) for c in range(n)])
+    tuner.warm = _AlwaysWarm()  # record even the first call
     compare(make_args(12, 1, 3, 100, torch.float64), "after", None, False, "cpu", torch.float64)
     key = next(iter(tuner.samples))
     assert tuner.samples[key]["units"][0] == float("inf") and tuner.samples[key]["rows"]
@@ -172,11 +178,15 @@ def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():
     t = PathTuner(explore=4, window=3)
     key, paths = ("k",), ("units", "rows")
     assert t.choose(key, paths) == "units"
-    t.record(key, "units", 5.0)  # e.g. the call that compiled the kernel
+    t.record(key, "units", 5.0)  # the call that compiled the kernel: dropped, not a measurement
+    assert t.estimate(key, "units") is None and t.choose(key, paths) == "units"
+    t.record(key, "units", 3.0)
+    assert t.choose(key, paths) == "rows"
+    t.record(key, "rows", 9.0)  # rows' first call, dropped too
     assert t.choose(key, paths) == "rows"
     t.record(key, "rows", 2.0)
     for _ in range(2):
-        t.record(key, "units", 1.0)  # the median forgets the compile
+        t.record(key, "units", 1.0)  # the median forgets a slow call
     picks = [t.choose(key, paths) for _ in range(8)]
     assert picks.count("units") == 6 and picks.count("rows") == 2  # every 4th call re-measures the other
     t.record(key, "units", float("inf"))

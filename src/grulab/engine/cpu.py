@@ -257,13 +257,15 @@ class PathTuner:
     Keeps, per key (shape, candidate, dtype), the last few seconds-per-step samples of each path,
     runs the one with the lower median, and re-measures the other every ``explore``-th call, so the
     choice follows the machine: a spin barrier is fast on an idle machine and slow on a busy one,
-    where its partner thread waits for a time slice. The median shrugs off one outlier (the call
-    that compiled the kernel, a burst of load)."""
+    where its partner thread waits for a time slice. The first call of each path is not a
+    measurement (it compiled or loaded the kernel and touched fresh memory: seconds, against
+    microseconds per step) and is dropped; the median shrugs off one outlier (a burst of load)."""
 
     def __init__(self, explore: int = 16, window: int = 3) -> None:
         self.explore, self.window = explore, window
         self.samples: dict[tuple, dict[str, list[float]]] = {}
         self.calls: dict[tuple, int] = {}
+        self.warm: set[tuple] = set()  # (key, path) pairs whose first call is behind them
 
     def estimate(self, key: tuple, path: str) -> float | None:
         s = self.samples.get(key, {}).get(path)
@@ -280,6 +282,9 @@ class PathTuner:
         return other if n % self.explore == self.explore - 1 else best
 
     def record(self, key: tuple, path: str, seconds_per_step: float) -> None:
+        if (key, path) not in self.warm:
+            self.warm.add((key, path))
+            return
         s = self.samples.setdefault(key, {}).setdefault(path, [])
         s.append(seconds_per_step)
         del s[: -self.window]
