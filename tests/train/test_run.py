@@ -184,3 +184,15 @@ def test_grid_extends_runs_to_a_larger_budget_exactly(tmp_path):
     ext, direct = (json.loads((tmp_path / d / "rnn" / "seed0" / "results.json").read_text())
                    for d in ("extended", "direct"))
     assert ext["steps"] == direct["steps"] == 8 and ext["test"] == direct["test"]
+
+
+def test_every_train_flag_is_documented_from_the_config_docstrings():
+    from grulab.train.command import field_help
+    from grulab.train.config import RunConfig, TrainConfig, field_types
+
+    for cls in (RunConfig, TrainConfig):
+        helps = field_help(cls)
+        missing = [name for name in field_types(cls) if not helps.get(name)]
+        assert not missing, f"{cls.__name__} fields without a description in its Args: {missing}"
+    assert field_help(RunConfig)["dropout"] == field_help(RunConfig)["num_layers"]  # "num_layers, dropout, ...: "
+    assert "grulab.tasks.registry.DATA" in field_help(RunConfig)["data"]  # Sphinx roles are dropped

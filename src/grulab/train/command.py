@@ -15,7 +15,9 @@ processes.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -39,6 +41,23 @@ def _parse_value(kind: type, optional: bool, name: str) -> Callable[[str], Any]:
     return parse
 
 
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's description from the ``Args:`` section of ``cls``'s docstring (one entry may
+    describe several fields: ``num_layers, dropout: ...``), so the flags' help is the documentation."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    if "Args:" not in doc:
+        return {}
+    entries: list[tuple[list[str], list[str]]] = []
+    for line in doc.split("Args:", 1)[1].splitlines():
+        head, sep, text = line.strip().partition(": ")
+        if line.startswith("    ") and not line.startswith("     ") and sep:
+            entries.append(([n.strip() for n in head.split(",")], [text]))
+        elif line.strip() and entries:
+            entries[-1][1].append(line.strip())
+    plain = lambda words: re.sub(r":\w+:`([^`]+)`", r"\1", " ".join(words)).replace("``", "").replace("%", "%%")
+    return {name: plain(words) for names, words in entries for name in names}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``grulab train`` flags."""
     parser.add_argument("--config", help="a TOML file: run keys at the top level, training keys under [train]")
@@ -54,13 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "real-data markers (e.g. docs/results.md)")
     for group, cls in (("run", RunConfig), ("training", TrainConfig)):
         g = parser.add_argument_group(f"{group} settings")
+        helps = field_help(cls)
         for name, (kind, optional) in field_types(cls).items():
             flag = "--" + name.replace("_", "-")
+            default = getattr(cls, name, None)
+            text = f"{helps.get(name, '')} (default: {default})".strip()
             if kind is bool:
-                g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+                g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=text)
             else:
                 g.add_argument(flag, dest=name, type=_parse_value(kind, optional, name), default=argparse.SUPPRESS,
-                               metavar=kind.__name__.upper() + ("|none" if optional else ""))
+                               metavar=kind.__name__.upper() + ("|none" if optional else ""), help=text)
 
 
 def load_toml(path: str) -> dict[str, dict[str, Any]]:
