@@ -27,7 +27,7 @@ from grulab.engine.native import native_run
 from grulab.engine.reference import lstm_ref, rnn_ref
 from grulab.init import check_init, init_direction_
 from grulab.io import register
-from grulab.runtime import float32_under_autocast
+from grulab.runtime import float32_under_autocast, warn_traced_loop
 
 State = tuple[Tensor, ...]
 
@@ -407,6 +407,10 @@ class GRU(_Recurrent):
         return y, (h_n,)
 
 
+# the per-step loop runs for backend="reference" and for lengths with a zero (PyTorch's kernel needs >= 1)
+_NATIVE_TRACE_HINT = "Trace with backend='auto' and every length >= 1: PyTorch's kernel is kept at any length."
+
+
 class _NativeStack(_Recurrent):
     """RNN and LSTM: ``backend="auto"`` runs PyTorch's fused kernels on our parameters (same
     layout), ``"reference"`` the per-step loop of :mod:`grulab.engine.reference`."""
@@ -452,6 +456,7 @@ class RNN(_NativeStack):
         return "" if self.nonlinearity == "tanh" else f", nonlinearity={self.nonlinearity!r}"
 
     def _direction(self, x, state0, params, lengths, reverse):  # noqa: ANN001
+        warn_traced_loop("RNN (backend='reference' or a zero length)", x.shape[0], _NATIVE_TRACE_HINT)
         y, h_n, _ = rnn_ref(x, state0[0], *params, nonlinearity=self.nonlinearity, lengths=lengths,
                             reverse=reverse)
         return y, (h_n,)
@@ -472,6 +477,7 @@ class LSTM(_NativeStack):
     native_mode = "lstm"
 
     def _direction(self, x, state0, params, lengths, reverse):  # noqa: ANN001
+        warn_traced_loop("LSTM (backend='reference' or a zero length)", x.shape[0], _NATIVE_TRACE_HINT)
         y, final, _ = lstm_ref(x, state0, *params, lengths=lengths, reverse=reverse)
         return y, final
 

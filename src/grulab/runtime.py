@@ -10,10 +10,15 @@
 * **torch.jit.trace**: a trace records tensor operations, so a Python loop over time would be
   unrolled and frozen at the example's length. Under tracing the GRU runs :func:`gru_scripted`, a
   TorchScript loop that the trace keeps as a loop: the traced module accepts any length and can
-  be saved with ``torch.jit.save`` and run without Python (libtorch).
+  be saved with ``torch.jit.save`` and run without Python (libtorch). RNN and LSTM run PyTorch's
+  kernel, which a trace also keeps at any length; the per-step loops that remain (the variants'
+  reference, MinGRU's sequential engine, RNN/LSTM with ``backend="reference"`` or a zero length)
+  warn that the traced graph is frozen at the example's length (:func:`warn_traced_loop`).
 * **torch.compile**: the recurrence is opaque to the compiler (``torch.compiler.disable``): it
   already runs as one fused kernel per layer and direction, while tracing it would unroll the
-  reference loop and recompile for every new length. Everything around it is compiled.
+  reference loop and recompile for every new length. Everything around it is compiled. RNN and
+  LSTM are the exception: dynamo traces PyTorch's kernel, which AOT autograd decomposes into a
+  loop, so they compile correctly but once per length.
 """
 
 from __future__ import annotations
@@ -138,9 +143,11 @@ def gru_scripted(
     return _compiled_loop()(x, h0, W, U, b_W, b_U, reset_after, reverse, lengths)
 
 
-def warn_traced_loop(name: str, T: int) -> None:
+_TRACE_HINT = "Trace grulab.GRU (kept as a loop) or export a plain GRU with grulab.export_onnx for variable lengths."
+
+
+def warn_traced_loop(name: str, T: int, hint: str = _TRACE_HINT) -> None:
     """For layers whose reference loop a trace unrolls: say the graph is fixed to this length."""
     if torch.jit.is_tracing():
         warnings.warn(f"torch.jit.trace unrolls {name}'s per-step loop: the traced graph only accepts "
-                      f"sequences of length {T}. Trace grulab.GRU (kept as a loop) or export a "
-                      f"plain GRU with grulab.export_onnx for variable lengths.", stacklevel=3)
+                      f"sequences of length {T}. {hint}", stacklevel=3)
