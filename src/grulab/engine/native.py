@@ -7,11 +7,26 @@ Lengths go through a PackedSequence so PyTorch skips the padded steps as grulab'
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 MODES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+
+
+@contextlib.contextmanager
+def _weights_copied_by_cudnn() -> Iterator[None]:
+    """Silence cuDNN's note that the weights are not one contiguous chunk. They cannot be: grulab
+    owns its parameters in its own layout (and the GRU's are converted on every call), so cuDNN
+    copies them into its buffer each call, which is the expected cost of this path (the size of
+    the weights, small next to a sequence's work), not a mistake for the user to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        yield
 
 
 def native_run(
@@ -43,15 +58,17 @@ def native_run(
           "lstm": torch._VF.lstm, "gru": torch._VF.gru}[mode]
     state = hx if mode == "lstm" else hx[0]
     if lengths is None:
-        out = fn(x, state, flat_weights, bias, num_layers, dropout, training, bidirectional, False)
+        with _weights_copied_by_cudnn():
+            out = fn(x, state, flat_weights, bias, num_layers, dropout, training, bidirectional, False)
         y, finals = out[0], tuple(out[1:])
         return y, finals
     T = x.shape[0]
     packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
     order, unorder = packed.sorted_indices, packed.unsorted_indices
     state = tuple(s.index_select(1, order) for s in hx) if mode == "lstm" else hx[0].index_select(1, order)
-    out = fn(packed.data, packed.batch_sizes, state, flat_weights, bias, num_layers, dropout, training,
-             bidirectional)
+    with _weights_copied_by_cudnn():
+        out = fn(packed.data, packed.batch_sizes, state, flat_weights, bias, num_layers, dropout, training,
+                 bidirectional)
     y_packed = torch.nn.utils.rnn.PackedSequence(out[0], packed.batch_sizes, order, unorder)
     y, _ = pad_packed_sequence(y_packed, total_length=T)
     finals = tuple(s.index_select(1, unorder) for s in out[1:])
