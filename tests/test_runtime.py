@@ -102,8 +102,8 @@ COMPILE_MODULES = {
     "GRU after": lambda: grulab.GRU(3, 5, num_layers=2, bidirectional=True),
     "GRU before": lambda: grulab.GRU(3, 5, reset="before"),
     "GRU before reference": lambda: grulab.GRU(3, 5, reset="before", backend="reference"),
-    "RNN": lambda: grulab.RNN(3, 5),  # one layer: dynamo traces PyTorch's kernel (see below)
-    "LSTM": lambda: grulab.LSTM(3, 5),
+    "RNN": lambda: grulab.RNN(3, 5, num_layers=2),
+    "LSTM": lambda: grulab.LSTM(3, 5, num_layers=2, bidirectional=True),
     "MinGRU": lambda: grulab.MinGRU(3, 5, num_layers=2),
     "LayerNormGRU": lambda: grulab.LayerNormGRU(3, 5, zoneout=0.1).eval(),
     "RegularizedGRU eval": lambda: grulab.RegularizedGRU(3, 5, num_layers=2, dropout=0.2, zoneout=0.1,
@@ -126,7 +126,6 @@ def _forward_backward(m, x: torch.Tensor, seed: int) -> list[torch.Tensor]:
 def test_torch_compile_matches_eager_forward_and_backward(name):
     # aot_eager: dynamo capture plus AOT autograd (where custom autograd.Functions and opaque ops
     # break), without inductor's code generation; the inductor test above keeps that path.
-    # RNN and LSTM run PyTorch's kernel, which AOT decomposes into a loop: each length recompiles.
     torch._dynamo.reset()
     m = COMPILE_MODULES[name]()
     compiled = torch.compile(m, backend="aot_eager", dynamic=True)
@@ -242,3 +241,19 @@ def test_autocast_bfloat16_training_RegularizedGRU(input_dtype):
         # the recurrence runs in float32: exact for a float32 input, the input's rounding otherwise
         tol = 0.0 if input_dtype == torch.float32 else 2e-2
         assert_close(f"RegularizedGRU training under autocast, tensor {i}", a, b, tol, relative=i >= 2)
+
+
+@pytest.mark.parametrize("cls", [grulab.GRU, grulab.RNN, grulab.LSTM, grulab.MinGRU])
+def test_torch_compile_does_not_recompile_per_length(cls):
+    """The recurrence is opaque to dynamo (PyTorch's own kernel too): new lengths reuse the graphs."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(cls(3, 5, num_layers=2), backend="aot_eager", dynamic=True)
+    graphs = []
+    for T in (4, 7, 11, 16):
+        compiled(torch.randn(T, 2, 3))[0].sum().backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    print(f"{cls.__name__}: unique graphs after each length {graphs}")
+    assert graphs[1:] == graphs[:1] * 3

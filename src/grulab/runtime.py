@@ -16,9 +16,9 @@
   warn that the traced graph is frozen at the example's length (:func:`warn_traced_loop`).
 * **torch.compile**: the recurrence is opaque to the compiler (``torch.compiler.disable``): it
   already runs as one fused kernel per layer and direction, while tracing it would unroll the
-  reference loop and recompile for every new length. Everything around it is compiled. RNN and
-  LSTM are the exception: dynamo traces PyTorch's kernel, which AOT autograd decomposes into a
-  loop, so they compile correctly but once per length.
+  reference loop and recompile for every new length. Everything around it is compiled. The
+  same holds for PyTorch's own kernel behind RNN, LSTM and the GRU on CUDA (``native_run``),
+  which AOT autograd would otherwise decompose into a loop, once per length.
 """
 
 from __future__ import annotations

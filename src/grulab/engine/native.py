@@ -29,6 +29,7 @@ def _weights_copied_by_cudnn() -> Iterator[None]:
         yield
 
 
+@torch.compiler.disable  # PyTorch's fused kernel, opaque: AOT autograd would unroll it and recompile per length
 def native_run(
     mode: str,
     x: Tensor,
