@@ -62,15 +62,23 @@ def _store_rows(t, b, k0, h_row, z_row, r_row, ht_row, uh_row, out, save_states,
     units ``k0 : k0 + len(h_row)``. ``out = (y, states, z_s, r_s, ht_s, uh_s)``. Whole-row copies
     keep the unit loops that compute them free of stores to six arrays (which did not vectorise)."""
     y, states, z_s, r_s, ht_s, uh_s = out
-    k1 = k0 + h_row.shape[0]
-    y[t, b, k0:k1] = h_row
+    _copy_row(h_row, y[t, b], k0)
     if save_states:
-        states[t, b, k0:k1] = h_row
+        _copy_row(h_row, states[t, b], k0)
     if save_gates:
-        z_s[t, b, k0:k1] = z_row
-        r_s[t, b, k0:k1] = r_row
-        ht_s[t, b, k0:k1] = ht_row
-        uh_s[t, b, k0:k1] = uh_row
+        _copy_row(z_row, z_s[t, b], k0)
+        _copy_row(r_row, r_s[t, b], k0)
+        _copy_row(ht_row, ht_s[t, b], k0)
+        _copy_row(uh_row, uh_s[t, b], k0)
+
+
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _copy_row(src, dst, k0):  # noqa: ANN001, ANN202
+    """``dst[k0 : k0 + len(src)] = src`` as a plain loop: Numba's slice assignment first checks
+    whether the two arrays overlap and copies the source when they might (an allocation per row
+    and step), which cost more than the step's element-wise work."""
+    for j in range(src.shape[0]):
+        dst[k0 + j] = src[j]
 
 
 @numba.njit(**{**FLAGS, "inline": "always"})
