@@ -9,6 +9,7 @@
 * ``sigmoid64``/``tanh64``: exact libm forms for float64, the accuracy path.
 * ``gemm_nt(A, Bm, C)``: ``C = A @ Bm.T`` with both operands contiguous along the reduction
   axis; 4x2 register tiles, one vector accumulator per output, reduced at the end.
+* ``copy_row(src, dst, k0)``: a row copy without Numba's overlap check (which allocates).
 
 Kernels compile with :data:`FLAGS`: ``fastmath`` without ``nnan``/``ninf`` (reassociation and
 FMA contraction for vectorised reductions, but NaN and Inf keep their IEEE meaning) and
@@ -97,6 +98,15 @@ def sigmoid64(x):  # noqa: ANN001, ANN201
 @njit(**ACTIVATION)
 def tanh64(x):  # noqa: ANN001, ANN201
     return np.tanh(x)
+
+
+@njit(**TILE)
+def copy_row(src, dst, k0):  # noqa: ANN001, ANN201
+    """``dst[k0 : k0 + len(src)] = src`` (1-D) as a plain loop. Numba's slice assignment first checks
+    whether the two arrays overlap and copies the source when they might: an allocation per row
+    and step inside a kernel's loop, which cost more than the step's element-wise work."""
+    for j in range(src.shape[0]):
+        dst[k0 + j] = src[j]
 
 
 @njit(**FLAGS)

@@ -34,7 +34,7 @@ import torch
 from numba.extending import overload
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nt, sigmoid32, sigmoid64, tanh32, tanh64
+from grulab.engine._jitmath import FLAGS, SLOT, barrier, copy_row, gemm_nt, sigmoid32, sigmoid64, tanh32, tanh64
 from grulab.engine._pool import chunks, run_chunks, threads
 
 
@@ -62,23 +62,14 @@ def _store_rows(t, b, k0, h_row, z_row, r_row, ht_row, uh_row, out, save_states,
     units ``k0 : k0 + len(h_row)``. ``out = (y, states, z_s, r_s, ht_s, uh_s)``. Whole-row copies
     keep the unit loops that compute them free of stores to six arrays (which did not vectorise)."""
     y, states, z_s, r_s, ht_s, uh_s = out
-    _copy_row(h_row, y[t, b], k0)
+    copy_row(h_row, y[t, b], k0)
     if save_states:
-        _copy_row(h_row, states[t, b], k0)
+        copy_row(h_row, states[t, b], k0)
     if save_gates:
-        _copy_row(z_row, z_s[t, b], k0)
-        _copy_row(r_row, r_s[t, b], k0)
-        _copy_row(ht_row, ht_s[t, b], k0)
-        _copy_row(uh_row, uh_s[t, b], k0)
-
-
-@numba.njit(**{**FLAGS, "inline": "always"})
-def _copy_row(src, dst, k0):  # noqa: ANN001, ANN202
-    """``dst[k0 : k0 + len(src)] = src`` as a plain loop: Numba's slice assignment first checks
-    whether the two arrays overlap and copies the source when they might (an allocation per row
-    and step), which cost more than the step's element-wise work."""
-    for j in range(src.shape[0]):
-        dst[k0 + j] = src[j]
+        copy_row(z_row, z_s[t, b], k0)
+        copy_row(r_row, r_s[t, b], k0)
+        copy_row(ht_row, ht_s[t, b], k0)
+        copy_row(uh_row, uh_s[t, b], k0)
 
 
 @numba.njit(**{**FLAGS, "inline": "always"})
@@ -375,7 +366,7 @@ def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, U
                     g_row[2 * H + k] = d_uh
                     g_row[H + k] = a_r
             else:
-                dah[bb] = da_h  # (eq. 10b) du_h = da_h
+                copy_row(da_h, dah[bb], 0)  # (eq. 10b) du_h = da_h
         if after:
             gemm_nt(g, UT, tmp)  # (eqs. 10a, 12) U^T [da_z; da_r; du_h]
         else:

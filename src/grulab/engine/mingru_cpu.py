@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS
+from grulab.engine._jitmath import FLAGS, copy_row
 from grulab.engine._pool import run_chunks, threads
 from grulab.engine.cpu import _lengths_np, _np, sigmoid
 
@@ -71,9 +71,9 @@ def _mingru_fwd_block(c, nchunks, nk, a, h0, lengths, reverse, save_states, y, s
                     s_h = sigmoid(a_h)  # both branches of g computed, so the select vectorises
                     h_tilde = a_h + half if a_h >= 0 else s_h  # (M2)
                     h_b[j] = h_b[j] + z * (h_tilde - h_b[j])  # (M3), rewritten
-                y[t, b, k0:k1] = h_b
+                copy_row(h_b, y[t, b], k0)
             if save_states:
-                states[t, b, k0:k1] = h_b
+                copy_row(h_b, states[t, b], k0)
     h_n[b0:b1, k0:k1] = h
 
 
