@@ -404,6 +404,18 @@ def _empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.empty(shape, dtype=like.dtype)
 
 
+SKINNY_INPUT = 16  # input features up to which the input-weight gradient is formed as (x^T D)^T
+
+
+def input_weight_grad(D: Tensor, x2: Tensor) -> Tensor:
+    """``D^T x2`` (gate gradients (N, K) by inputs (N, I), summed over the N = T·B rows): eq. (13)'s
+    ``dW``. With few input features (an adding or copy task), ``D^T x2`` as PyTorch's CPU product
+    ran 4-7x slower than ``(x2^T D)^T`` (measured: N=12800, K=1428, I=2: 117 ms against 17 ms)."""
+    if x2.shape[1] <= SKINNY_INPUT:
+        return (x2.t() @ D).t().contiguous()
+    return D.t() @ x2
+
+
 def _outer_sum_prev(G: Tensor, states: Tensor, h0: Tensor, reverse: bool, out: Tensor,
                     gate: Tensor | None = None) -> None:
     """``out = sum_t G_t^T s_t`` with ``s_t = h_prev`` of step t (times ``gate_t`` if given), without
@@ -507,7 +519,7 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
             _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0))
     D = da.view(T * B, 3 * H)  # (T·B, 3H)
     dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (eq. 13)
-    dW = D.t() @ x.detach().reshape(T * B, I) if needs[2] else None  # (eq. 13)
+    dW = input_weight_grad(D, x.detach().reshape(T * B, I)) if needs[2] else None  # (eq. 13)
     dU = db_W = db_U = None
     if needs[3]:
         h0d = h0.detach()

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from grulab.engine._jitmath import FLAGS, copy_row
 from grulab.engine._pool import run_chunks, threads
-from grulab.engine.cpu import _lengths_np, _np, sigmoid
+from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid
 
 MIN_BLOCK_UNITS = 16  # a thread's block of units: below this the loop overhead outweighs the split
 
@@ -169,7 +169,7 @@ def mingru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, b_W: 
                _np(dh0))
     D = da.view(T * B, 2 * H)
     dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (M10)
-    dW = D.t() @ x.detach().reshape(T * B, I) if needs[2] else None  # (M10)
+    dW = input_weight_grad(D, x.detach().reshape(T * B, I)) if needs[2] else None  # (M10)
     db_W = D.sum(0) if b_W is not None and needs[3] else None  # (M10)
     return dx, dh0, dW, db_W
 

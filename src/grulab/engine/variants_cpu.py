@@ -40,7 +40,7 @@ from torch import Tensor
 from grulab.cells.lngru import DEFAULT_EPS
 from grulab.engine._jitmath import FLAGS, gemm_nt
 from grulab.engine._pool import chunks, run_chunks
-from grulab.engine.cpu import _lengths_np, _np, sigmoid, tanh
+from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid, tanh
 
 LN_ROWS_PER_CHUNK = 256  # the input side's layer norm is a few passes over 3H numbers per row
 
@@ -465,7 +465,7 @@ def variant_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: T
     dx = (D @ W.detach()).view(T, B, I)  # (V8)
     if m_x is not None:
         dx = dx * m_x  # (V8) through x̂ = m_x ⊙ x
-    dW = D.t() @ xd.reshape(T * B, I)  # (V8)
+    dW = input_weight_grad(D, xd.reshape(T * B, I))  # (V8)
     Q = dq.view(T * B, 3 * H)
     S = srec.view(T * B, srec.shape[2])
     dU = torch.empty_like(U.detach())
