@@ -80,7 +80,7 @@ def _store_skipped(t, b, k0, h_row, out, save_states, save_gates):  # noqa: ANN0
     k1 = k0 + h_row.shape[0]
     y[t, b, k0:k1] = 0.0
     if save_states:
-        states[t, b, k0:k1] = h_row
+        copy_row(h_row, states[t, b], k0)
     if save_gates:
         z_s[t, b, k0:k1] = 0.0
         r_s[t, b, k0:k1] = 0.0
@@ -221,7 +221,7 @@ def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, re
             hp_row = hin[b, k0 : k0 + nk]
             hn_row = hout[b, k0 : k0 + nk]
             if t >= lengths[b]:  # the state passes through, the output is zero
-                hn_row[:] = hp_row
+                copy_row(hp_row, hn_row, 0)
                 _store_skipped(t, b, k0, hp_row, out, save_states, save_gates)
                 continue
             _update_row(xp[t, b], H, k0, nk, after, b_U, z[b], r[b], uh[b], hp_row, hn_row, ht[b])
@@ -336,7 +336,7 @@ def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, U
             da_z, da_r, da_h = da[t, b, :H], da[t, b, H : 2 * H], da[t, b, 2 * H :]
             if t >= lengths[b]:  # skipped: identity on the state, no parameter gradient
                 g[bb] = 0.0
-                dh_prev[bb] = carry[bb]
+                copy_row(carry[bb], dh_prev[bb], 0)
                 da[t, b] = 0.0
                 dah[bb] = 0.0
                 if after:
