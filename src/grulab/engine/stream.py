@@ -102,6 +102,8 @@ class GRUStream:
         self._uh = np.empty((B, H), np_dtype)
         self._x = np.empty((B, self.input_size), np_dtype)
         self._h_t = torch.from_numpy(self._h)  # shares memory with the state buffer
+        # the views step() returns, made once (indexing a tensor costs about a microsecond per step)
+        self._out, self._out_1d = self._h_t[-1], self._h_t[-1, 0]
         self._np_dtype = np_dtype
 
     def step(self, x_t: Tensor | np.ndarray) -> Tensor:
@@ -125,8 +127,7 @@ class GRUStream:
             arr = arr.reshape(1, self.input_size)
         _stream_step(arr, self._W0, self._W_rest, self._U, self._b_W, self._b_U, self._h, self._xp, self._u,
                      self._rh, self._uh, self.after)
-        out = self._h_t[-1]
-        return out[0] if squeeze else out
+        return self._out_1d if squeeze else self._out
 
     @property
     def state(self) -> Tensor:
