@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -129,47 +130,82 @@ def test_small_case_for_the_uncompiled_kernels():
             cpu.FUSE_MIN_ROWS = saved
 
 
+def _force_unit_split(monkeypatch, helper: str, earliest: int = 0) -> list:
+    """Route every eligible call through the unit split, with worker 1 started as ``helper`` says:
+    ``"never"`` (worker 0 runs alone to the end), ``"first"`` (worker 1 is running before worker 0
+    starts: it joins at step ``earliest``, a multiple of the input block). Returns the flags of every
+    call (the join step among them)."""
+    import threading
+
+    from grulab.engine import cpu
+
+    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: "units")  # even when slower under test load
+    monkeypatch.setattr(cpu, "EARLIEST_JOIN", earliest)
+    monkeypatch.setattr(cpu, "INPUT_BLOCK", 3)  # input products in blocks of 3 steps: a partial last block
+    joins = []
+
+    class Never:
+        def result(self):
+            raise AssertionError("worker 0 waited for a helper that never joined")
+
+    def submit(kernel, *args):
+        flags = args[-1]
+        joins.append(flags)
+        if helper == "never":
+            return Never()
+        done = threading.Event()
+        th = threading.Thread(target=lambda: (kernel(*args), done.set()))
+        th.start()
+        while flags[cpu._ARRIVE] == 0:  # worker 1 is running before worker 0 starts
+            pass
+
+        class Joined:
+            def result(self):
+                th.join()
+
+        return Joined()
+
+    monkeypatch.setattr(cpu, "submit_helper", submit)
+    return joins
+
+
 @pytest.mark.parametrize("reset", ["before", "after"])
+@pytest.mark.parametrize("helper, earliest", [("never", 0), ("first", 0), ("first", 6)])
 @pytest.mark.parametrize("B, H", [(1, 97), (3, 64)])
-def test_small_batch_unit_split_matches_reference(reset, B, H, monkeypatch):
-    """Small batches split the units over two threads (barrier per step); gradients included."""
+def test_small_batch_unit_split_matches_reference(reset, helper, earliest, B, H, monkeypatch):
+    """Small batches split the units over two threads once the helper thread runs (barrier per
+    step): alone to the end, split from the first step, and split from a step in the middle."""
     from grulab.engine import cpu
 
     if cpu.threads() < 2:
         pytest.skip("needs two threads")
-    ran = []
-    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: "units")  # even when slower under test load
-    monkeypatch.setattr(cpu.TUNER, "record", lambda key, path, t: ran.append(path))
-    monkeypatch.setattr(cpu, "SPIN_LIMIT", 10**9)  # and never give up on the partner thread
-    T = 10  # every step is a barrier: keep it short, a busy test machine makes each one slow
+    joins = _force_unit_split(monkeypatch, helper, earliest)
+    T = 10  # every split step is a barrier: keep it short, a busy test machine makes each one slow
     assert cpu._unit_split_eligible(B, T, H)
     lengths = torch.tensor([T, 7, 0][:B])
     scale = 1 / H**0.5  # a contractive regime, where two float32 summation orders stay close
     compare(make_args(T, B, 5, H, torch.float64, seed=B, scale=scale), reset, lengths, False, "cpu", torch.float64)
     compare(make_args(T, B, 5, H, torch.float32, seed=B, scale=scale), reset, None, True, "cpu", torch.float32)
-    assert ran and set(ran) == {"units"}  # the split ran to the end every time (no abort)
+    expected = T if helper == "never" else earliest  # the join step every forward call recorded
+    assert joins and {int(f[cpu._JOIN]) for f in joins} == {expected}
 
 
-class _AlwaysWarm(set):
-    def __contains__(self, item) -> bool:
-        return True
-
-
-def test_unit_split_falls_back_when_the_threads_cannot_meet(monkeypatch):
-    """Both workers on one thread cannot pass a barrier: they abort and the serial kernel runs."""
+def test_unit_split_helper_arriving_after_the_end_is_harmless(monkeypatch):
+    """A helper that gets a core only after worker 0 has finished returns at once, writing nothing."""
     from grulab.engine import cpu
 
-    tuner = cpu.PathTuner()
-    monkeypatch.setattr(cpu, "TUNER", tuner)
-    monkeypatch.setattr(cpu, "SPIN_LIMIT", 10_000)
-    monkeypatch.setattr(cpu, "threads", lambda: 2)
-    monkeypatch.setattr(tuner, "choose", lambda key, paths: "units")
-    # run the chunks one after the other on this thread: worker 0 waits for a partner that never comes
-    monkeypatch.setattr(cpu, "run_chunks", lambda kernel, n, *args: [kernel(c, n, *args) for c in range(n)])
-    tuner.warm = _AlwaysWarm()  # record even the first call
-    compare(make_args(12, 1, 3, 100, torch.float64), "after", None, False, "cpu", torch.float64)
-    key = next(iter(tuner.samples))
-    assert tuner.samples[key]["units"][0] == float("inf") and tuner.samples[key]["rows"]
+    if cpu.threads() < 2:
+        pytest.skip("needs two threads")
+    late = []
+    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: "units")
+    monkeypatch.setattr(cpu, "submit_helper", lambda kernel, *args: late.append((kernel, args)) or None)
+    args = make_args(12, 1, 3, 100, torch.float64)
+    compare(args, "after", None, False, "cpu", torch.float64)
+    for kernel, a in late:
+        y = a[19].copy()  # (w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
+        #                  after, save_states, save_gates, y, ...)
+        kernel(*a)  # the helper runs now: the join step says "finished", it returns
+        assert a[-1][cpu._JOIN] == 12 and np.array_equal(a[19], y)
 
 
 def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():

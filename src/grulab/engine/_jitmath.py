@@ -219,10 +219,12 @@ def _tile1x1(A, Bm, C, i, j):  # noqa: ANN001, ANN202
 # Two workers that advance a recurrence together exchange "I finished phase p" through an int64
 # array: one slot per worker, 8 slots apart (64 bytes) so the slots sit on separate cache lines.
 # A release store publishes a worker's writes with its counter; an acquire load makes the other
-# worker's writes visible once it sees the counter. The last slot is an abort flag: a worker that
-# waits longer than ``spin_limit`` sets it and returns, so a partner that never runs (both halves
-# scheduled on one thread) costs a bounded wait and a serial rerun, never a hang.
+# worker's writes visible once it sees the counter. A waiting worker spins with the ``pause`` hint
+# and, after ``YIELD_AFTER`` spins (tens of microseconds), also yields its core at each spin: on a
+# machine with more runnable threads than cores, the partner it waits for may be the thread that
+# needs this core.
 SLOT = 8
+YIELD_AFTER = 2000
 
 if numba.config.DISABLE_JIT:
 
@@ -234,6 +236,11 @@ if numba.config.DISABLE_JIT:
 
     def cpu_pause():  # noqa: ANN201
         return None
+
+    def sched_yield():  # noqa: ANN201
+        import os
+
+        os.sched_yield()
 
 else:
 
@@ -288,22 +295,37 @@ else:
 
         return types.void(), codegen
 
+    @intrinsic
+    def sched_yield(typingctx):  # noqa: ANN001, ANN201
+        """POSIX ``sched_yield()``: give this core to another runnable thread, if any (bound by
+        name, so kernels that call it stay cacheable)."""
+
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            fn = cgutils_get_or_insert(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(fn, [])
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
 
 @njit(**FLAGS)
-def barrier(flags, w, nw, phase, spin_limit):  # noqa: ANN001, ANN201
-    """Publish that worker ``w`` reached ``phase``, wait for the ``nw - 1`` others. False on abort."""
+def wait_until(flags, i, at_least):  # noqa: ANN001, ANN201
+    """Spin until ``flags[i] >= at_least`` (acquire); returns the value seen."""
+    spins = 0
+    v = load_acquire(flags, i)
+    while v < at_least:
+        cpu_pause()
+        spins += 1
+        if spins > YIELD_AFTER:
+            sched_yield()
+        v = load_acquire(flags, i)
+    return v
+
+
+@njit(**FLAGS)
+def barrier(flags, w, nw, phase):  # noqa: ANN001, ANN201
+    """Publish that worker ``w`` reached ``phase`` (its slot ``w * SLOT``), wait for the others."""
     store_release(flags, w * SLOT, phase)
-    abort = nw * SLOT
     for v in range(nw):
-        if v == w:
-            continue
-        spins = 0
-        while load_acquire(flags, v * SLOT) < phase:
-            if load_acquire(flags, abort) != 0:
-                return False
-            cpu_pause()
-            spins += 1
-            if spins > spin_limit:
-                store_release(flags, abort, 1)
-                return False
-    return load_acquire(flags, abort) == 0
+        if v != w:
+            wait_until(flags, v * SLOT, phase)

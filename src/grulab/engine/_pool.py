@@ -9,10 +9,11 @@ kernel inlined into it, which doubled the first-use compile time for the same sp
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numba
@@ -28,6 +29,8 @@ def _forget_pools() -> None:
     """A forked child inherits the pools but not their threads: start afresh there."""
     global _LOCK
     _POOL.clear()
+    _HELPER_TID.clear()
+    _HELPER_MASK.clear()
     _LOCK = threading.Lock()
 
 
@@ -49,6 +52,45 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         if workers not in _POOL:
             _POOL[workers] = ThreadPoolExecutor(workers, thread_name_prefix="grulab")
         return _POOL[workers]
+
+
+_HELPER_TID: list[int] = []  # native id of the one-worker pool's thread, once it has started
+_HELPER_MASK: list[set[int]] = []  # the CPU set last given to it
+try:
+    _sched_getcpu = ctypes.CDLL(None).sched_getcpu
+except (AttributeError, OSError):  # not glibc/Linux: no placement, the scheduler decides
+    _sched_getcpu = None
+
+
+def _record_tid() -> None:
+    _HELPER_TID[:] = [threading.get_native_id()]
+
+
+def _keep_off_this_cpu() -> None:
+    """Keep the helper thread off the CPU the calling thread runs on. Woken by a thread that keeps
+    running, a sleeping thread is often queued on the waker's CPU (which has its data in cache) and
+    waits there, milliseconds on a virtual machine, until a load balancer moves it to the idle CPU."""
+    if _sched_getcpu is None or not _HELPER_TID or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = os.sched_getaffinity(0)
+    mask = allowed - {_sched_getcpu()}
+    if not mask or _HELPER_MASK == [mask]:
+        return
+    try:
+        os.sched_setaffinity(_HELPER_TID[0], mask)
+        _HELPER_MASK[:] = [mask]
+    except OSError:  # the thread is gone (a forked child) or the set is not allowed: leave it to the scheduler
+        pass
+
+
+def submit_helper(kernel: Callable[..., Any], *args: Any) -> Future:
+    """``kernel(*args)`` on the pool's first helper thread (the one ``run_chunks`` gives chunk 1),
+    placed on another CPU than the caller's, for a kernel the caller works with in lockstep."""
+    pool = _pool(1)
+    if not _HELPER_TID:
+        pool.submit(_record_tid).result()
+    _keep_off_this_cpu()
+    return pool.submit(kernel, *args)
 
 
 def run_chunks(kernel: Callable[..., Any], n: int, *args: Any) -> None:

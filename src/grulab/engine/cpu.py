@@ -34,8 +34,21 @@ import torch
 from numba.extending import overload
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS, SLOT, barrier, copy_row, gemm_nt, sigmoid32, sigmoid64, tanh32, tanh64
-from grulab.engine._pool import chunks, run_chunks, threads
+from grulab.engine._jitmath import (
+    FLAGS,
+    SLOT,
+    barrier,
+    copy_row,
+    gemm_nt,
+    load_acquire,
+    sigmoid32,
+    sigmoid64,
+    store_release,
+    tanh32,
+    tanh64,
+    wait_until,
+)
+from grulab.engine._pool import chunks, run_chunks, submit_helper, threads
 
 
 def sigmoid(x):  # noqa: ANN001, ANN201  (Python body: used only when NUMBA_DISABLE_JIT=1)
@@ -176,69 +189,150 @@ def _gru_fwd_rows(c, n, fuse, x, W, b_W, xp, h0, U, b_U, lengths, reverse, after
 
 
 # ---------------------------------------------------- forward, small batch: units split over threads
+# Worker 1 joins late: worker 0 starts at once on all the units and runs alone until worker 1
+# signals that it is running; from the next step on, each owns half of the units. A helper thread
+# can take from tens of microseconds to milliseconds to get a core (a virtual machine's idle vCPU
+# wakes slowly), which is the whole run of a short sequence: waiting for it at the first step cost
+# more than the split saved, so nobody waits. Slots of ``flags`` (each ``SLOT`` apart):
+# barrier phases of workers 0 and 1; 1 once worker 1 runs; the join step; 1 when worker 1 is done; earliest join
+_P0, _P1, _ARRIVE, _JOIN, _DONE, _EARLIEST = (i * SLOT for i in range(6))
+
+
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _units_inputs(s, T, nblk, reverse, k0, nk, nkmax, x, Ww, b_W, xw, xf):  # noqa: ANN001, ANN202
+    """The input side ``W x_t + b_W`` of units ``k0 : k0 + nk`` for the block of (up to) ``nblk``
+    steps that starts at loop step ``s``: one small GEMM over the block's rows (``Ww``: these units'
+    rows of W, gate blocks of ``nkmax``), written to ``xf[t - t_lo, b]`` at the full layout's
+    positions. Returns ``t_lo``, the block's first time index."""
+    n = min(nblk, T - s)
+    B, I = x.shape[1], x.shape[2]
+    H = b_W.shape[0] // 3
+    t_lo = T - s - n if reverse else s
+    gemm_nt(x[t_lo : t_lo + n].reshape(n * B, I), Ww, xw[: n * B])  # these units' rows of W x_t
+    for i in range(n):
+        for b in range(B):
+            xw_row, xf_row = xw[i * B + b], xf[i, b]
+            for g in range(3):
+                for j in range(nk):
+                    xf_row[g * H + k0 + j] = xw_row[g * nkmax + j] + b_W[g * H + k0 + j]
+    return t_lo
+
+
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, b_U, lengths, after, save_states, save_gates, out,
+                hin, hout, rhbuf, u, uh, z, r, ht, flags, phase):  # noqa: ANN001, ANN202
+    """One step of eqs. (1)-(4) for units ``k0 : k0 + nk`` of every row, with their rows of U
+    (``Uw``, or ``Uzr_w`` and ``Uh_w``; gate blocks of ``nkmax`` rows) and their input side in
+    ``xin`` (B, 3H). Reads the full previous state ``hin``, writes these units of ``hout``.
+    ``split``: meet the partner at a barrier when the step is done (and, for reset="before", once
+    ``r * h_prev`` is complete). Returns the phase."""
+    B, H = hin.shape
+    gemm_nt(hin, Uw if after else Uzr_w, u)  # own rows of U h_prev
+    for b in range(B):
+        _gates_row(xin[b], u[b], b_U, H, k0, nk, nkmax, z[b], r[b])
+        if after:
+            uh_row, u_row, bh = uh[b], u[b, 2 * nkmax :], b_U[2 * H + k0 :]
+            for j in range(nk):
+                uh_row[j] = u_row[j] + bh[j]  # (eq. 3a) U_h h_prev + b_Uh
+        else:
+            rh_row, r_row, h_row = rhbuf[b, k0:], r[b], hin[b, k0:]
+            for j in range(nk):
+                rh_row[j] = r_row[j] * h_row[j]
+    if not after:
+        if split:
+            phase += 1
+            barrier(flags, w, 2, phase)  # every unit of r * h_prev is written
+        gemm_nt(rhbuf, Uh_w, uh)  # (eq. 3b) own rows of U_h (r * h_prev)
+    for b in range(B):
+        hp_row = hin[b, k0 : k0 + nk]
+        hn_row = hout[b, k0 : k0 + nk]
+        if t >= lengths[b]:  # the state passes through, the output is zero
+            copy_row(hp_row, hn_row, 0)
+            _store_skipped(t, b, k0, hp_row, out, save_states, save_gates)
+            continue
+        _update_row(xin[b], H, k0, nk, after, b_U, z[b], r[b], uh[b], hp_row, hn_row, ht[b])
+        _store_rows(t, b, k0, hn_row, z[b, :nk], r[b, :nk], ht[b, :nk], uh[b, :nk], out, save_states, save_gates)
+    if split:
+        phase += 1
+        barrier(flags, w, 2, phase)  # the new state is complete
+    return phase
+
+
 @numba.njit(**FLAGS)
-def _gru_fwd_units_worker(w, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states,
-                          save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, rhbuf, flags,
-                          spin_limit):  # noqa: ANN001, ANN201
-    """Worker ``w`` of ``nw``: owns units ``k0:k1`` of every row and its rows of U (packed at
-    ``[z; r; h]`` blocks of ``nkmax`` rows). Each step reads the full previous state from
-    ``hbuf[s % 2]``, writes its units of the new one into ``hbuf[(s + 1) % 2]``, then meets the
-    other workers at a barrier (twice for reset="before", whose candidate needs all of ``r * h``)."""
-    T, B = xp.shape[0], xp.shape[1]
+def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
+                          after, save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, flags
+                          ):  # noqa: ANN001, ANN201
+    """Worker ``w`` (0 or 1) of the late-join unit split (see above). Worker 0 runs every step: alone
+    (all units, ``W``, ``U``/``U_zr``/``U_h``) until worker 1 has arrived, then on units ``0 : H//2``
+    (its packed rows ``W_pk[0]``, ``U_pk[0]``, ...); worker 1 runs units ``H//2 : H`` from the join
+    step on, or nothing if worker 0 finished first. Steps go in blocks of ``nblk``: at the start of
+    a block each worker computes its units' input side for the whole block (one small GEMM; a
+    T·B·3H product beforehand would need the framework's thread pool, whose spinning threads then
+    compete with worker 1 for the second core), and worker 1 can join only there. The state
+    alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev`` (reset="before")."""
+    T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
     out = (y, states, z_s, r_s, ht_s, uh_s)
-    k0 = w * H // nw
-    nk = (w + 1) * H // nw - k0
-    nkmax = U_h_pk.shape[1] if not after else U_pk.shape[1] // 3
-    u = np.empty((B, 3 * nkmax if after else 2 * nkmax), h0.dtype)
-    uh = np.empty((B, nkmax), h0.dtype)
-    z = np.empty((B, nkmax), h0.dtype)
-    r = np.empty((B, nkmax), h0.dtype)
-    ht = np.empty((B, nkmax), h0.dtype)
+    nkh = W_pk.shape[1] // 3  # ceil(H / 2): a split gate block
+    u = np.empty((B, 3 * H), h0.dtype)  # scratch for either mode ([z | r | h] blocks of nkmax)
+    xw = np.empty((nblk * B, 3 * H), h0.dtype)
+    xf = np.empty((nblk, B, 3 * H), h0.dtype)
+    uh = np.empty((B, H), h0.dtype)
+    z = np.empty((B, H), h0.dtype)
+    r = np.empty((B, H), h0.dtype)
+    ht = np.empty((B, H), h0.dtype)
+    rhbuf = hbuf[2]
+    k0, nk = w * (H // 2), H // 2 if w == 0 else H - H // 2  # this worker's units once split
     phase = 0
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        hin = hbuf[s % 2]
-        hout = hbuf[(s + 1) % 2]
-        gemm_nt(hin, U_pk[w] if after else U_zr_pk[w], u)  # own rows of U h_prev
-        for b in range(B):
-            x_t = xp[t, b]
-            _gates_row(x_t, u[b], b_U, H, k0, nk, nkmax, z[b], r[b])
-            if after:
-                uh_row, u_row, bh = uh[b], u[b, 2 * nkmax :], b_U[2 * H + k0 :]
-                for j in range(nk):
-                    uh_row[j] = u_row[j] + bh[j]  # (eq. 3a) U_h h_prev + b_Uh
+    t_lo = 0
+    if w == 0:
+        join = -1
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            if s % nblk == 0:
+                if join < 0 and s >= flags[_EARLIEST] and load_acquire(flags, _ARRIVE) != 0:
+                    join = s
+                    store_release(flags, _JOIN, s)  # publishes the state of step s - 1 with it
+                if join < 0:
+                    t_lo = _units_inputs(s, T, nblk, reverse, 0, H, H, x, W, b_W, xw, xf)
+                else:
+                    t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[0], b_W, xw, xf)
+            if join < 0:
+                phase = _units_step(t, 0, False, 0, H, H, xf[t - t_lo], U, U_zr, U_h, b_U, lengths, after,
+                                    save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r,
+                                    ht, flags, phase)
             else:
-                rh_row, r_row, h_row = rhbuf[b, k0:], r[b], hin[b, k0:]
-                for j in range(nk):
-                    rh_row[j] = r_row[j] * h_row[j]
-        if not after:
-            phase += 1
-            if not barrier(flags, w, nw, phase, spin_limit):  # every unit of r * h_prev is written
-                return
-            gemm_nt(rhbuf, U_h_pk[w], uh)  # (eq. 3b) own rows of U_h (r * h_prev)
-        for b in range(B):
-            hp_row = hin[b, k0 : k0 + nk]
-            hn_row = hout[b, k0 : k0 + nk]
-            if t >= lengths[b]:  # the state passes through, the output is zero
-                copy_row(hp_row, hn_row, 0)
-                _store_skipped(t, b, k0, hp_row, out, save_states, save_gates)
-                continue
-            _update_row(xp[t, b], H, k0, nk, after, b_U, z[b], r[b], uh[b], hp_row, hn_row, ht[b])
-            _store_rows(t, b, k0, hn_row, z[b, :nk], r[b, :nk], ht[b, :nk], uh[b, :nk], out, save_states,
-                        save_gates)
-        phase += 1
-        if not barrier(flags, w, nw, phase, spin_limit):  # the new state is complete
-            return
+                phase = _units_step(t, 0, True, k0, nk, nkh, xf[t - t_lo], U_pk[0], U_zr_pk[0], U_h_pk[0], b_U,
+                                    lengths, after, save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2],
+                                    rhbuf, u, uh, z, r, ht, flags, phase)
+        if join < 0:
+            store_release(flags, _JOIN, T)  # too late: worker 1 returns as soon as it runs
+            h_n[:, :] = hbuf[T % 2]
+        else:
+            h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
+            wait_until(flags, _DONE, 1)  # worker 1 has written its part of h_n
+        return
+    store_release(flags, _ARRIVE, 1)
+    join = wait_until(flags, _JOIN, 0)
+    if join >= T:
+        return
+    for s in range(join, T):
+        t = T - 1 - s if reverse else s
+        if s % nblk == 0:
+            t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[1], b_W, xw, xf)
+        phase = _units_step(t, 1, True, k0, nk, nkh, xf[t - t_lo], U_pk[1], U_zr_pk[1], U_h_pk[1], b_U, lengths,
+                            after, save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r,
+                            ht, flags, phase)
     h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
+    store_release(flags, _DONE, 1)
 
 
-def _pack_unit_rows(U: np.ndarray, H: int, nw: int, gates: tuple[int, ...]) -> np.ndarray:
-    """Rows of ``U`` for each worker's units, gate blocks of ``ceil(H / nw)`` rows (zero-padded)."""
-    nkmax = -(-H // nw)
-    out = np.zeros((nw, len(gates) * nkmax, U.shape[1]), U.dtype)
-    for w in range(nw):
-        k0, k1 = w * H // nw, (w + 1) * H // nw
+def _pack_unit_rows(U: np.ndarray, H: int, gates: tuple[int, ...]) -> np.ndarray:
+    """Rows of ``U`` for each of the two workers' units (``0 : H//2`` and ``H//2 : H``), in gate
+    blocks of ``ceil(H / 2)`` rows (zero-padded)."""
+    nkmax = H - H // 2
+    out = np.zeros((2, len(gates) * nkmax, U.shape[1]), U.dtype)
+    for w, (k0, k1) in enumerate(((0, H // 2), (H // 2, H))):
         for i, g in enumerate(gates):
             out[w, i * nkmax : i * nkmax + k1 - k0] = U[g * H + k0 : g * H + k1]
     return out
@@ -290,25 +384,32 @@ class PathTuner:
 
 
 UNIT_SPLIT_MIN_WORK = 96  # B * H below which one thread is faster than two plus a barrier per step
-SPIN_LIMIT = 200_000  # pause-loop iterations (a few ms) before a worker gives up on its partner
 TUNER = PathTuner()
+EARLIEST_JOIN = 0  # the first step at which worker 1 may join (tests move it to check a join mid-sequence)
+INPUT_BLOCK = 16  # steps whose input products the unit split computes together (and where worker 1 may join)
 
 
-def _fwd_unit_split(xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r, h_tilde,
-                    u_h, h_n) -> bool:  # noqa: ANN001
-    """Run the unit-split forward on two threads; False (nothing usable written) if it aborted."""
-    nw = 2
+def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r,
+                    h_tilde, u_h, h_n) -> None:  # noqa: ANN001
+    """Run the late-join unit split: worker 0 here, worker 1 on the pool's helper thread."""
     H = h0.shape[1]
-    U_pk = _pack_unit_rows(U, H, nw, (0, 1, 2)) if after else np.empty((nw, 3, 1), U.dtype)
-    U_zr_pk = _pack_unit_rows(U, H, nw, (0, 1)) if not after else np.empty((nw, 2, 1), U.dtype)
-    U_h_pk = _pack_unit_rows(U, H, nw, (2,)) if not after else np.empty((nw, 1, 1), U.dtype)
-    hbuf = np.empty((2, *h0.shape), h0.dtype)
+    one = np.empty((2, 1, 1), U.dtype)  # the packs a candidate does not use
+    U_pk = _pack_unit_rows(U, H, (0, 1, 2)) if after else one
+    U_zr_pk = _pack_unit_rows(U, H, (0, 1)) if not after else one
+    U_h_pk = _pack_unit_rows(U, H, (2,)) if not after else one
+    hbuf = np.zeros((3, *h0.shape), h0.dtype)
     hbuf[0] = h0
-    rhbuf = np.zeros_like(h0)
-    flags = np.zeros((nw + 1) * SLOT, np.int64)
-    run_chunks(_gru_fwd_units_worker, nw, xp, h0, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse, after, save_states,
-               save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, rhbuf, flags, SPIN_LIMIT)
-    return flags[nw * SLOT] == 0  # an abort: the threads could not keep pace (nothing usable written)
+    flags = np.zeros(6 * SLOT, np.int64)
+    flags[_JOIN] = -1
+    flags[_EARLIEST] = EARLIEST_JOIN
+    args = (INPUT_BLOCK, x, W, _pack_unit_rows(W, H, (0, 1, 2)), b_W, h0, U, U[: 2 * H], U[2 * H :], U_pk, U_zr_pk,
+            U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf,
+            flags)
+    helper = submit_helper(_gru_fwd_units_worker, 1, *args)
+    _gru_fwd_units_worker(0, *args)
+    if flags[_JOIN] < x.shape[0]:
+        helper.result()  # it joined and has finished (re-raises its exception, if any)
+    # otherwise it returns as soon as it runs, touching nothing: no reason to wait for it
 
 
 # ---------------------------------------------------------------------------------- backward
@@ -440,22 +541,28 @@ def _fuse_input(B: int) -> bool:
     return B // chunks(B) >= FUSE_MIN_ROWS
 
 
-def _run_forward(args: tuple, B: int, T: int, H: int, reset: str, dtype: torch.dtype, fused: tuple) -> None:
-    """Rows over threads, or, for a small batch, units over two threads if that measures faster.
-    ``fused = (fuse, x, W, b_W)`` for the rows kernel (see :func:`_gru_fwd_rows`)."""
-    if fused[0] or not _unit_split_eligible(B, T, H):
-        run_chunks(_gru_fwd_rows, chunks(B), *fused, *args)
-        return
-    key = (B, H, reset, dtype)
-    path = TUNER.choose(key, ("units", "rows"))
+def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, rest: tuple, reset: str) -> None:
+    """The forward kernels for validated ``x (T, B, I)``, ``W``, ``b_W`` and the rest of the kernel
+    arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows over threads, with the input products
+    inside the loop (``FUSE_MIN_ROWS``) or as one product beforehand; or, for a small batch, the
+    late-join unit split where that measures faster for the shape (:class:`PathTuner`)."""
+    T, B, I = x.shape
+    H = rest[0].shape[1]
+    x_np, W_np, b_W_np = _np(x), _np(W), _np(b_W)
+    fuse = _fuse_input(B)
+    tuned = not fuse and _unit_split_eligible(B, T, H)
+    key = (B, H, reset, x.dtype)
+    path = TUNER.choose(key, ("units", "rows")) if tuned else "rows"
     t0 = time.perf_counter()
-    if path == "units" and not _fwd_unit_split(*args):
-        TUNER.record(key, "units", float("inf"))  # aborted: re-measured later like any slow path
-        t0 = time.perf_counter()
-        path = "rows"
-    if path == "rows":
-        run_chunks(_gru_fwd_rows, chunks(B), *fused, *args)
-    TUNER.record(key, path, (time.perf_counter() - t0) / T)
+    if path == "units":
+        _fwd_unit_split(x_np, W_np, b_W_np, *rest)
+    elif fuse:
+        run_chunks(_gru_fwd_rows, chunks(B), True, x_np, W_np, b_W_np, np.empty((1, 1, 1), x_np.dtype), *rest)
+    else:
+        xp = torch.addmm(b_W, x.reshape(T * B, I), W.t()).view(T, B, 3 * H)
+        run_chunks(_gru_fwd_rows, chunks(B), False, x_np[:1, :1], W_np[:1], b_W_np[:1], _np(xp), *rest)
+    if tuned:
+        TUNER.record(key, path, (time.perf_counter() - t0) / T)
 
 
 def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U: Tensor | None, reset: str,
@@ -464,18 +571,9 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     """Forward launcher: validated CPU tensors in, ``(y, h_n, saved)`` out (see module docstring)."""
     T, B, I = x.shape
     H = h0.shape[1]
-    Wd = W.detach()
-    fuse = _fuse_input(B)
-    if fuse:  # the kernel computes W x_t + b_W itself, chunk by chunk
-        xp = x.new_empty((1, 1, 1))
-        b_W_ = b_W.detach().contiguous() if b_W is not None else torch.zeros(3 * H, dtype=x.dtype)
-        fused = (True, _np(x.detach().contiguous()), _np(Wd.contiguous()), _np(b_W_))
-    else:
-        x2 = x.detach().reshape(T * B, I)
-        xp = (torch.addmm(b_W.detach(), x2, Wd.t()) if b_W is not None else x2 @ Wd.t()).view(T, B, 3 * H)
-        dummy = np.empty((1, 1), _np(x).dtype)
-        fused = (False, dummy[None], dummy, dummy[0])
-    b_U_ = b_U.detach().contiguous() if b_U is not None else torch.zeros(3 * H, dtype=x.dtype)
+    zeros = torch.zeros(3 * H, dtype=x.dtype)
+    b_W_ = b_W.detach().contiguous() if b_W is not None else zeros
+    b_U_ = b_U.detach().contiguous() if b_U is not None else zeros
     y = _empty((T, B, H), x)
     h_n = _empty((B, H), x)
     # without lengths no step is skipped and the carried states are the outputs themselves
@@ -484,10 +582,10 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     save_gates = training and not recompute
     gate_shape = (T, B, H) if save_gates else (1, 1, 1)
     z, r, h_tilde, u_h = (_empty(gate_shape, x) for _ in range(4))
-    args = (_np(xp), _np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_),
-            _lengths_np(lengths, B, T), reverse, reset == "after", save_states, save_gates, _np(y), _np(states),
-            _np(z), _np(r), _np(h_tilde), _np(u_h), _np(h_n))
-    _run_forward(args, B, T, H, reset, x.dtype, fused)
+    rest = (_np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_), _lengths_np(lengths, B, T),
+            reverse, reset == "after", save_states, save_gates, _np(y), _np(states), _np(z), _np(r), _np(h_tilde),
+            _np(u_h), _np(h_n))
+    _run_forward(x.detach().contiguous(), W.detach().contiguous(), b_W_, rest, reset)
     if not training:
         return y, h_n, ()
     if not save_states:
