@@ -26,6 +26,24 @@ def test_quick_bench_writes_results_and_readme(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "Training, forward + backward" in text and "torch.nn.GRU / grulab" in text
+    bounds = {b["case"]: b for b in data["bounds"]}
+    assert set(bounds) == {"streaming", "inference", "training"} and "Bounds measured in this run" in text
+    for b in data["bounds"]:
+        assert b["floor"] > 0 and b["best_ratio"]
+
+
+def test_bounds_are_floors_of_the_measured_rows():
+    """The floor of a product-bound case is its FLOPs at the peak; a peer's best ratio is its time
+    over that floor; the streaming floor is the faster recurrent product plus the input products."""
+    from grulab.bench.bounds import compute_bounds, stream_floor
+
+    row = {"case": "training", "shape": {"B": 1}, "unit": "ms", "flops": 2e9,
+           "results": {"grulab": 30.0, "torch.nn.GRU": 40.0}}
+    (b,) = compute_bounds([row], peak_gflops=100.0, threads=1)
+    assert b["floor"] == pytest.approx(20.0) and b["best_ratio"] == {"torch.nn.GRU": pytest.approx(2.0)}
+    f = stream_floor(8, 32, 100.0, threads=1, barrier_s=float("inf"))
+    assert f["matvec_2_threads_s"] == float("inf") and 0 < f["matvec_1_thread_s"] < 1e-3
+    assert f["floor_s"] == pytest.approx(f["matvec_1_thread_s"] + 2 * 3 * 32 * 8 / 100e9)
 
 
 def test_alternating_timer_and_flops():

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 import grulab
+from grulab.bench.bounds import compute_bounds
 from grulab.bench.report import markdown_table, update_readme
 
 Contestants = dict[str, Callable[[], Any]]
@@ -269,6 +270,8 @@ def run_bench(cfg: BenchConfig | None = None, console: Console | None = None,
                 row["roofline_fraction"] = row["gflops_grulab"] / peak
                 results["rows"].append(row)
             progress.advance(task)
+        progress.update(task, description="measuring the bounds")
+        results["bounds"] = compute_bounds(results["rows"], peak, threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "bench-quick" if cfg.quick else "bench"

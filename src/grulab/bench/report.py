@@ -49,7 +49,29 @@ def markdown_table(results: dict[str, Any]) -> str:
             cells.append(f"{r['roofline_fraction']:.0%}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _bounds_table(results.get("bounds", []))
     return "\n".join(lines)
+
+
+def _bounds_table(bounds: list[dict[str, Any]]) -> list[str]:
+    """The floor of each case (``grulab.bench.bounds``) and the best ratio it leaves against each peer."""
+    if not bounds:
+        return []
+    peers = list(dict.fromkeys(p for b in bounds for p in b["best_ratio"]))
+    lines = ["**Bounds measured in this run** (floor: streaming, the recurrent product U h_prev read once per "
+             "step on one thread or split over two plus their barrier, both timed here, and the input products "
+             "at the sgemm peak; inference and training, the matrix-product FLOPs at the sgemm peak; element-wise "
+             "work excluded. \"best X / grulab\": the ratio any implementation at the floor would show against "
+             "X's time above)", ""]
+    header = ["case", "shape", "floor", "grulab", "grulab / floor", *(f"best {p} / grulab" for p in peers)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for b in bounds:
+        cells = [b["case"], _shape(b["shape"]), f"{b['floor']:.2f} {b['unit']}",
+                 f"{b['grulab']:.2f}" if b["grulab"] else "", f"{b['grulab'] / b['floor']:.2f}" if b["grulab"] else ""]
+        cells += [f"{b['best_ratio'][p]:.2f}x" if p in b["best_ratio"] else "" for p in peers]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def update_readme(path: Path, table: str) -> None:

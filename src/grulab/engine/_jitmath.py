@@ -104,9 +104,12 @@ def tanh64(x):  # noqa: ANN001, ANN201
 def copy_row(src, dst, k0):  # noqa: ANN001, ANN201
     """``dst[k0 : k0 + len(src)] = src`` (1-D) as a plain loop. Numba's slice assignment first checks
     whether the two arrays overlap and copies the source when they might: an allocation per row
-    and step inside a kernel's loop, which cost more than the step's element-wise work."""
-    for j in range(src.shape[0]):
-        dst[k0 + j] = src[j]
+    and step inside a kernel's loop, which cost more than the step's element-wise work. The
+    destination is sliced first: with ``dst[k0 + j]`` in the loop it did not vectorise."""
+    n = src.shape[0]
+    d = dst[k0 : k0 + n]
+    for j in range(n):
+        d[j] = src[j]
 
 
 @njit(**FLAGS)

@@ -1,0 +1,99 @@
+"""Lower bounds on the benchmarked times, measured on this machine in the same run.
+
+A speed target is a ratio to a peer; whether it is reachable depends on what the machine can do at
+all. This module measures the two limits the GRU's cases run into and turns them into the best
+ratio any implementation could reach against the peer's measured time:
+
+* **matrix products at the sgemm peak** (training and batch-64 inference): the case's product
+  FLOPs (``gru_flops``) divided by the peak ``torch.mm`` reaches on large square matrices;
+* **one step at batch 1** (streaming): the recurrent matrix-vector product ``U h`` reads all of
+  ``U`` (3H x H floats) every step, which no cache reuse avoids. Its floor is the faster of one
+  thread reading all of ``U`` and two threads each reading half plus the barrier they meet at, both
+  timed here with the engine's own kernels (``gemm_nt``, ``barrier``) in a hot loop; the input
+  products ``W x_t`` are added at the sgemm peak. Element-wise work is left out, so the floor is
+  below what any real step takes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numba
+import numpy as np
+
+from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nt
+from grulab.engine._pool import run_chunks
+
+
+@numba.njit(**FLAGS)
+def _matvec_loop(U, h, out, reps):  # noqa: ANN001, ANN202
+    for _ in range(reps):
+        gemm_nt(h, U, out)
+        h[0, 0] = out[0, 0] * 1e-30  # a dependence between iterations, as in a recurrence
+
+
+@numba.njit(**FLAGS)
+def _barrier_loop(w, n, flags, reps):  # noqa: ANN001, ANN202
+    for p in range(1, reps + 1):
+        barrier(flags, w, n, p)
+
+
+def _best(fn: Any, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matvec_seconds(rows: int, cols: int, reps: int = 2000) -> float:
+    """Seconds per float32 matrix-vector product ``(rows, cols) @ (cols,)`` on one thread, hot."""
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((rows, cols), dtype=np.float32)
+    h = rng.standard_normal((1, cols), dtype=np.float32)
+    out = np.empty((1, rows), np.float32)
+    _matvec_loop(U, h, out, 10)
+    return _best(lambda: _matvec_loop(U, h, out, reps)) / reps
+
+
+def barrier_seconds(reps: int = 20000) -> float:
+    """Seconds per barrier between two threads spinning in step (the unit split's per-step cost)."""
+    def run() -> None:
+        run_chunks(_barrier_loop, 2, np.zeros(3 * SLOT, np.int64), reps)
+
+    run_chunks(_barrier_loop, 2, np.zeros(3 * SLOT, np.int64), 10)
+    return _best(run, 3) / reps
+
+
+def stream_floor(I: int, H: int, peak_gflops: float, threads: int, barrier_s: float) -> dict[str, float]:
+    """Per-step floor at batch 1 (seconds): the recurrent product on one thread or split over two."""
+    one = matvec_seconds(3 * H, H)
+    two = matvec_seconds(3 * (H - H // 2), H) + barrier_s if threads >= 2 else float("inf")
+    inputs = 2 * 3 * H * I / (peak_gflops * 1e9)
+    return {"matvec_1_thread_s": one, "matvec_2_threads_s": two, "inputs_at_peak_s": inputs,
+            "floor_s": min(one, two) + inputs}
+
+
+def compute_bounds(rows: list[dict[str, Any]], peak_gflops: float, threads: int) -> list[dict[str, Any]]:
+    """One bound per benchmarked row of the streaming, inference and training cases: the floor time
+    and, for each peer in the row, the largest ratio (peer time / floor) any implementation could
+    show against it."""
+    out = []
+    barrier_s = barrier_seconds() if threads >= 2 else float("inf")
+    for r in rows:
+        case, shape, res = r["case"], r["shape"], r["results"]
+        if case == "streaming":
+            f = stream_floor(shape["I"], shape["H"], peak_gflops, threads, barrier_s)
+            floor = f["floor_s"] * 1e6  # the row's unit: us per step
+            detail = {k: v * 1e6 for k, v in f.items()} | {"barrier_s": barrier_s * 1e6}
+        elif case in ("inference", "training"):
+            floor = r["flops"] / (peak_gflops * 1e9) * 1e3  # ms
+            detail = {"gflop": r["flops"] / 1e9}
+        else:
+            continue
+        peers = {k: v / floor for k, v in res.items() if not k.startswith("grulab") and "GRUCell" not in k}
+        out.append({"case": case, "shape": shape, "unit": r["unit"], "floor": floor, "grulab": res.get("grulab"),
+                    "best_ratio": peers, "detail": detail})
+    return out
