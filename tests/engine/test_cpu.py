@@ -228,3 +228,26 @@ def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():
     t.record(key, "units", float("inf"))
     t.record(key, "units", float("inf"))  # an aborted split loses until it measures fast again
     assert t.choose(key, paths) == "rows"
+
+
+def test_float32_kernels_flush_subnormals_and_restore_the_thread_mode():
+    """Saturated gates make subnormal products; the float32 kernels run with flush-to-zero on and
+    give the reference's results, and the calling thread's floating-point mode is restored."""
+    from grulab.engine._jitmath import FTZ_DAZ, ftz_enter, ftz_leave
+
+    def mode() -> int:  # the control bits (the low six are sticky exception flags any operation may set)
+        old = ftz_enter()
+        ftz_leave(old)
+        return old & ~0x3F if old >= 0 else old
+
+    before = mode()
+    if before < 0:
+        pytest.skip("no x86 control register here")
+    assert before & FTZ_DAZ == 0
+    args = make_args(12, 3, 5, 40, torch.float32, seed=4)
+    with torch.no_grad():
+        args[4][:40] = -88.0  # the update gate saturates: z = sigmoid(-88) ~ 6e-39, a subnormal float32
+    assert 0 < torch.sigmoid(torch.tensor(-88.0)) < torch.finfo(torch.float32).tiny
+    compare(args, "after", None, False, "cpu", torch.float32)
+    tiny = np.array([1e-39], np.float32)  # subnormal: Python-side float32 arithmetic still keeps it
+    assert mode() == before and float(tiny[0] * np.float32(0.5)) > 0

@@ -245,6 +245,9 @@ if numba.config.DISABLE_JIT:
 
         os.sched_yield()
 
+    def _mxcsr(v):  # noqa: ANN001, ANN202
+        return -1
+
 else:
 
     def cgutils_get_or_insert(module, fnty, name):  # noqa: ANN001, ANN202
@@ -309,6 +312,58 @@ else:
             return context.get_dummy_value()
 
         return types.void(), codegen
+
+    def _is_x86() -> bool:
+        import platform
+
+        return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+    @intrinsic
+    def _mxcsr(typingctx, v):  # noqa: ANN001, ANN202
+        """Set the x86 SSE control register to ``v`` (when ``v >= 0``); returns its previous value
+        (``-1`` elsewhere: nothing to set)."""
+        if not isinstance(v, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            from numba.core import cgutils
+
+            i32 = ir.IntType(32)
+            if not _is_x86():
+                return ir.Constant(ir.IntType(64), -1)
+            slot = cgutils.alloca_once(builder, i32)
+            ptr = builder.bitcast(slot, ir.IntType(8).as_pointer())
+            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+            builder.call(cgutils_get_or_insert(builder.module, fnty, "llvm.x86.sse.stmxcsr"), [ptr])
+            old = builder.zext(builder.load(slot), ir.IntType(64))
+            val = context.cast(builder, args[0], sig.args[0], types.int64)
+            with builder.if_then(builder.icmp_signed(">=", val, ir.Constant(ir.IntType(64), 0))):
+                builder.store(builder.trunc(val, i32), slot)
+                builder.call(cgutils_get_or_insert(builder.module, fnty, "llvm.x86.sse.ldmxcsr"), [ptr])
+            return old
+
+        return types.int64(v), codegen
+
+
+FTZ_DAZ = 0x8040  # MXCSR bits: flush subnormal results to zero, read subnormal inputs as zero
+
+
+@njit(cache=True, nogil=True)
+def ftz_enter():  # noqa: ANN201
+    """Turn this thread's flush-to-zero / denormals-are-zero modes on; returns the previous control
+    word for :func:`ftz_leave` (-1 where there is none). Called around a kernel, never inside one,
+    so no floating-point operation of the kernel can be moved across the switch."""
+    old = _mxcsr(-1)
+    if old >= 0:
+        _mxcsr(old | FTZ_DAZ)
+    return old
+
+
+@njit(cache=True, nogil=True)
+def ftz_leave(old):  # noqa: ANN001, ANN201
+    """Restore the control word :func:`ftz_enter` returned."""
+    if old >= 0:
+        _mxcsr(old)
 
 
 @njit(**FLAGS)

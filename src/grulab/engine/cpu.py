@@ -48,7 +48,7 @@ from grulab.engine._jitmath import (
     tanh64,
     wait_until,
 )
-from grulab.engine._pool import chunks, run_chunks, submit_helper, threads
+from grulab.engine._pool import chunks, flushing_call, run_chunks, submit_helper, threads
 
 
 def sigmoid(x):  # noqa: ANN001, ANN201  (Python body: used only when NUMBA_DISABLE_JIT=1)
@@ -417,7 +417,7 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
             U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf,
             flags)
     helper = submit_helper(_gru_fwd_units_worker, 1, *args)
-    _gru_fwd_units_worker(0, *args)
+    flushing_call(_gru_fwd_units_worker, 0, *args)
     if flags[_JOIN] < x.shape[0]:
         helper.result()  # it joined and has finished (re-raises its exception, if any)
     # otherwise it returns as soon as it runs, touching nothing: no reason to wait for it
