@@ -60,15 +60,21 @@ class BenchConfig:
             self.mingru_lengths = (64,)
 
 
-def time_alternating(contestants: Contestants, repeats: int, warmup: int = 2,
+def time_alternating(contestants: Contestants, repeats: int, warmup: int = 5,
                      settle: float = 0.0) -> dict[str, dict[str, float]]:
     """Median, min and max seconds per call of each contestant, timed in alternating rounds.
+
+    ``warmup`` untimed calls each come first: compilation, allocation, caches, and grulab's path
+    tuner, which measures each of its two paths on a small batch twice (the first call of each is
+    dropped) before it settles on one: four calls.
 
     ``settle`` seconds of sleep precede each timed call: thread pools spin for a while after a
     call (ONNX Runtime's by default, OpenMP's under torch), and a spinning pool left by one
     contestant would take a core from the next one's timed call."""
     for fn in contestants.values():
-        for _ in range(warmup):
+        for _ in range(warmup):  # under the timed calls' conditions (idle first), which a tuner learns
+            if settle:
+                time.sleep(settle)
             fn()
     samples: dict[str, list[float]] = {k: [] for k in contestants}
     for _ in range(repeats):
