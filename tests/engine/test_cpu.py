@@ -226,8 +226,38 @@ def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():
     picks = [t.choose(key, paths) for _ in range(8)]
     assert picks.count("units") == 6 and picks.count("rows") == 2  # every 4th call re-measures the other
     t.record(key, "units", float("inf"))
-    t.record(key, "units", float("inf"))  # an aborted split loses until it measures fast again
+    t.record(key, "units", float("inf"))  # a path that turned slow loses until it measures fast again
     assert t.choose(key, paths) == "rows"
+
+
+def test_path_tuner_with_three_paths_re_measures_each_other_path_in_turn():
+    from grulab.engine.cpu import PathTuner
+
+    t = PathTuner(explore=2, window=1)
+    key, paths = ("k",), ("units", "solo", "rows")
+    t.warm = _AlwaysWarm()  # every call is a measurement here
+    for p, sec in (("units", 1.0), ("solo", 2.0), ("rows", 3.0)):
+        assert t.choose(key, paths) == p
+        t.record(key, p, sec)
+    picks = [t.choose(key, paths) for _ in range(8)]
+    assert picks.count("units") == 4 and picks.count("solo") == 2 and picks.count("rows") == 2
+
+
+class _AlwaysWarm(set):
+    def __contains__(self, item) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("path", ["solo", "rows"])
+def test_small_batch_single_thread_paths_match_reference(path, monkeypatch):
+    from grulab.engine import cpu
+
+    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: path)
+    submitted = []
+    monkeypatch.setattr(cpu, "submit_helper", lambda *a: submitted.append(a))
+    for reset in ("after", "before"):
+        compare(make_args(20, 1, 3, 40, torch.float32, seed=5, scale=0.2), reset, None, True, "cpu", torch.float32)
+    assert not submitted  # neither starts a helper thread
 
 
 def test_float32_kernels_flush_subnormals_and_restore_the_thread_mode():

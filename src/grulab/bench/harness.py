@@ -60,13 +60,13 @@ class BenchConfig:
             self.mingru_lengths = (64,)
 
 
-def time_alternating(contestants: Contestants, repeats: int, warmup: int = 5,
+def time_alternating(contestants: Contestants, repeats: int, warmup: int = 7,
                      settle: float = 0.0) -> dict[str, dict[str, float]]:
     """Median, min and max seconds per call of each contestant, timed in alternating rounds.
 
     ``warmup`` untimed calls each come first: compilation, allocation, caches, and grulab's path
-    tuner, which measures each of its two paths on a small batch twice (the first call of each is
-    dropped) before it settles on one: four calls.
+    tuner, which measures each of its three paths on a small batch twice (the first call of each
+    is dropped) before it settles on one: six calls.
 
     ``settle`` seconds of sleep precede each timed call: thread pools spin for a while after a
     call (ONNX Runtime's by default, OpenMP's under torch), and a spinning pool left by one

@@ -356,10 +356,10 @@ def _unit_split_eligible(B: int, T: int, H: int) -> bool:
 
 
 class PathTuner:
-    """Chooses between two implementations of the same call by measured speed.
+    """Chooses among implementations of the same call by measured speed.
 
     Keeps, per key (shape, candidate, dtype), the last few seconds-per-step samples of each path,
-    runs the one with the lower median, and re-measures the other every ``explore``-th call, so the
+    runs the one with the lower median, and re-measures another every ``explore``-th call, so the
     choice follows the machine: a spin barrier is fast on an idle machine and slow on a busy one,
     where its partner thread waits for a time slice. The first call of each path is not a
     measurement (it compiled or loaded the kernel and touched fresh memory: seconds, against
@@ -375,15 +375,17 @@ class PathTuner:
         s = self.samples.get(key, {}).get(path)
         return statistics.median(s) if s else None
 
-    def choose(self, key: tuple, paths: tuple[str, str]) -> str:
+    def choose(self, key: tuple, paths: tuple[str, ...]) -> str:
         n = self.calls.get(key, 0)
         self.calls[key] = n + 1
         est = {p: self.estimate(key, p) for p in paths}
         for p in paths:
             if est[p] is None:
                 return p
-        best, other = sorted(paths, key=lambda p: est[p])  # type: ignore[arg-type,return-value]
-        return other if n % self.explore == self.explore - 1 else best
+        ranked = sorted(paths, key=lambda p: est[p])  # type: ignore[arg-type,return-value]
+        if n % self.explore == self.explore - 1:  # re-measure the others in turn
+            return ranked[1 + (n // self.explore) % (len(ranked) - 1)]
+        return ranked[0]
 
     def record(self, key: tuple, path: str, seconds_per_step: float) -> None:
         if (key, path) not in self.warm:
@@ -401,8 +403,10 @@ INPUT_BLOCK = 16  # steps whose input products the unit split computes together 
 
 
 def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r,
-                    h_tilde, u_h, h_n) -> None:  # noqa: ANN001
-    """Run the late-join unit split: worker 0 here, worker 1 on the pool's helper thread."""
+                    h_tilde, u_h, h_n, helper: bool = True) -> None:  # noqa: ANN001
+    """Run the late-join unit split: worker 0 here, worker 1 on the pool's helper thread. Without
+    ``helper``, worker 0 runs alone ("solo"): one thread, its own input products, no framework
+    thread pool woken (which, after an idle spell, cost milliseconds per call)."""
     H = h0.shape[1]
     one = np.empty((2, 1, 1), U.dtype)  # the packs a candidate does not use
     U_pk = _pack_unit_rows(U, H, (0, 1, 2)) if after else one
@@ -416,10 +420,10 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     args = (INPUT_BLOCK, x, W, _pack_unit_rows(W, H, (0, 1, 2)), b_W, h0, U, U[: 2 * H], U[2 * H :], U_pk, U_zr_pk,
             U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf,
             flags)
-    helper = submit_helper(_gru_fwd_units_worker, 1, *args)
+    pending = submit_helper(_gru_fwd_units_worker, 1, *args) if helper else None
     flushing_call(_gru_fwd_units_worker, 0, *args)
-    if flags[_JOIN] < x.shape[0]:
-        helper.result()  # it joined and has finished (re-raises its exception, if any)
+    if pending is not None and flags[_JOIN] < x.shape[0]:
+        pending.result()  # it joined and has finished (re-raises its exception, if any)
     # otherwise it returns as soon as it runs, touching nothing: no reason to wait for it
 
 
@@ -564,10 +568,10 @@ def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, rest: tuple, reset: str) -> 
     fuse = _fuse_input(B)
     tuned = not fuse and _unit_split_eligible(B, T, H)
     key = (B, H, reset, x.dtype)
-    path = TUNER.choose(key, ("units", "rows")) if tuned else "rows"
+    path = TUNER.choose(key, ("units", "solo", "rows")) if tuned else "rows"
     t0 = time.perf_counter()
-    if path == "units":
-        _fwd_unit_split(x_np, W_np, b_W_np, *rest)
+    if path in ("units", "solo"):
+        _fwd_unit_split(x_np, W_np, b_W_np, *rest, helper=path == "units")
     elif fuse:
         run_chunks(_gru_fwd_rows, chunks(B), True, x_np, W_np, b_W_np, np.empty((1, 1, 1), x_np.dtype), *rest)
     else:
