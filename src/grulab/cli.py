@@ -106,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", default="", help="comma-separated subset of streaming,inference,training,mingru")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and Markdown results")
     p.add_argument("--threads", type=int, default=None, help="threads for every contestant (default: torch's)")
-    p.add_argument("--settle", type=float, default=0.02,
-                   help="seconds of idle before each timed call, so no contestant's spinning pool takes a core "
-                        "from the next")
+    p.add_argument("--settle", type=float, default=0.1,
+                   help="seconds of idle before each call, so no contestant's spinning pool takes a core from the "
+                        "next (ONNX Runtime's spins for 20-40 ms after a run)")
     p.add_argument("--update-readme", metavar="README", default=None,
                    help="replace the README's bench section with the new table")
     p.set_defaults(func=_cmd_bench)
