@@ -84,3 +84,26 @@ def test_stream_takes_bfloat16_input_and_keeps_a_float32_state():
     y, _ = gru(x.float())
     assert outs.dtype == torch.float32
     assert_close("bf16 input", outs, y, 2e-6)
+
+
+def test_stream_with_saturated_gates_matches_the_sequence_and_restores_the_thread_mode():
+    """The float32 step flushes subnormals like the whole-sequence kernels (a gate at sigmoid(-88)
+    is a subnormal) and leaves the calling thread's floating-point mode as it found it."""
+    from grulab.engine._jitmath import ftz_enter, ftz_leave
+
+    def mode() -> int:
+        old = ftz_enter()
+        ftz_leave(old)
+        return old & ~0x3F if old >= 0 else old  # the low six bits are sticky exception flags
+
+    gru = grulab.GRU(5, 40)
+    with torch.no_grad():
+        gru.b_W_l0[:40] = -88.0  # the update gate: z ~ 6e-39
+    x = torch.randn(20, 1, 5)
+    before = mode()
+    with torch.no_grad():
+        y, _ = gru(x)
+    s = gru.stream()
+    outs = torch.stack([s.step(x[t]).clone() for t in range(20)])
+    assert_close("outputs", outs, y, 2e-6)
+    assert mode() == before

@@ -15,14 +15,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS, gemm_nt
+from grulab.engine._jitmath import FLAGS, FTZ_DAZ, _mxcsr, gemm_nt
 from grulab.engine.cpu import sigmoid, tanh
 
 
 @numba.njit(**FLAGS)
 def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after):  # noqa: ANN001, ANN201
-    """One step of an L-layer GRU. ``x (B, I)``; ``h (L, B, H)`` updated in place."""
+    """One step of an L-layer GRU. ``x (B, I)``; ``h (L, B, H)`` updated in place. In float32 the
+    step runs with flush-to-zero on, as the whole-sequence kernels do (see ``_pool.flushing_call``),
+    switched here inside the kernel: a call from Python around each step would cost more than the
+    step. Operations the compiler might move across the switch only change how values below
+    1.2e-38 round, never the result beyond that."""
     L, B, H = h.shape
+    mode = _mxcsr(-1) if h.itemsize == 4 else -1
+    if mode >= 0:
+        _mxcsr(mode | FTZ_DAZ)
     for layer in range(L):
         inp = x if layer == 0 else h[layer - 1]  # the layer below has already advanced
         gemm_nt(inp, W0 if layer == 0 else W_rest[layer - 1], xp)  # (B, 3H) W x
@@ -50,6 +57,8 @@ def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after):  # noqa: 
                     a_h = xp[b, 2 * H + k] + bW[2 * H + k] + uh[b, k] + bU[2 * H + k]
                 h_tilde = tanh(a_h)  # (eq. 3)
                 hl[b, k] = hl[b, k] + u[b, k] * (h_tilde - hl[b, k])  # (eq. 4), rewritten
+    if mode >= 0:
+        _mxcsr(mode)
 
 
 class GRUStream:
