@@ -10,6 +10,10 @@
 * ``gemm_nt(A, Bm, C)``: ``C = A @ Bm.T`` with both operands contiguous along the reduction
   axis; 4x2 register tiles, one vector accumulator per output, reduced at the end.
 * ``copy_row(src, dst, k0)``: a row copy without Numba's overlap check (which allocates).
+* ``barrier``/``wait_until``: spin waits between the two workers of the unit split (atomic
+  acquire/release on an int64 array, ``pause``, then ``sched_yield``).
+* ``ftz_enter``/``ftz_leave`` (and the ``mxcsr`` intrinsic under them): flush-to-zero and
+  denormals-are-zero for a kernel call on x86 (no-ops elsewhere).
 
 Kernels compile with :data:`FLAGS`: ``fastmath`` without ``nnan``/``ninf`` (reassociation and
 FMA contraction for vectorised reductions, but NaN and Inf keep their IEEE meaning) and
@@ -245,7 +249,7 @@ if numba.config.DISABLE_JIT:
 
         os.sched_yield()
 
-    def _mxcsr(v):  # noqa: ANN001, ANN202
+    def mxcsr(v):  # noqa: ANN001, ANN202
         return -1
 
 else:
@@ -287,14 +291,17 @@ else:
 
         return types.void(arr, i, v), codegen
 
+    def _is_x86() -> bool:
+        import platform
+
+        return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
     @intrinsic
     def cpu_pause(typingctx):  # noqa: ANN001, ANN201
         """The x86 ``pause`` hint inside spin loops (a no-op elsewhere)."""
 
         def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-            import platform
-
-            if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+            if _is_x86():
                 fn = cgutils_get_or_insert(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
                 builder.call(fn, [])
             return context.get_dummy_value()
@@ -313,13 +320,8 @@ else:
 
         return types.void(), codegen
 
-    def _is_x86() -> bool:
-        import platform
-
-        return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-
     @intrinsic
-    def _mxcsr(typingctx, v):  # noqa: ANN001, ANN202
+    def mxcsr(typingctx, v):  # noqa: ANN001, ANN202
         """Set the x86 SSE control register to ``v`` (when ``v >= 0``); returns its previous value
         (``-1`` elsewhere: nothing to set)."""
         if not isinstance(v, types.Integer):
@@ -353,9 +355,9 @@ def ftz_enter():  # noqa: ANN201
     """Turn this thread's flush-to-zero / denormals-are-zero modes on; returns the previous control
     word for :func:`ftz_leave` (-1 where there is none). Called around a kernel, never inside one,
     so no floating-point operation of the kernel can be moved across the switch."""
-    old = _mxcsr(-1)
+    old = mxcsr(-1)
     if old >= 0:
-        _mxcsr(old | FTZ_DAZ)
+        mxcsr(old | FTZ_DAZ)
     return old
 
 
@@ -363,7 +365,7 @@ def ftz_enter():  # noqa: ANN201
 def ftz_leave(old):  # noqa: ANN001, ANN201
     """Restore the control word :func:`ftz_enter` returned."""
     if old >= 0:
-        _mxcsr(old)
+        mxcsr(old)
 
 
 @njit(**FLAGS)

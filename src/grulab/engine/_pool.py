@@ -90,7 +90,7 @@ def flushing_call(kernel: Callable[..., Any], *args: Any) -> None:
     """``kernel(*args)`` with subnormal float32 numbers flushed to zero on this thread, if any of its
     arrays is float32. Saturated gates make subnormal products (``z (h_tilde - h)`` with ``z`` near
     1e-38), and x86 cores take a slow path for each: a forward with saturated weights ran 1.6x
-    slower (112 ms against 69 ms at B=64, T=256, H=256). The flushed values are below 1.2e-38, far
+    slower (112 ms against 75 ms at B=64, T=256, H=256). The flushed values are below 1.2e-38, far
     below float32's resolution of any state or gradient they are added to; float64 keeps IEEE
     subnormals (its path is the accuracy reference)."""
     if not any(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in args):

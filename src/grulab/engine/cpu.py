@@ -7,9 +7,11 @@ forward
        from ``FUSE_MIN_ROWS`` rows per thread on, each thread instead computes ``x_t W^T + b_W`` for
        its rows inside the loop below (the same products, no T·B·3H buffer through memory).
     2. ``_gru_fwd_rows``: the recurrent loop in compiled code (nogil), one chunk of batch rows per
-       thread of :mod:`grulab.engine._pool` (rows are independent: threads never synchronise); for
-       a small batch, ``_gru_fwd_units_worker`` splits the hidden units over two threads instead.
-       Each step is a small GEMM ``h_prev U^T`` (``_jitmath.gemm_nt``) fused with the gate equations (1)-(4).
+       thread of :mod:`grulab.engine._pool` (rows are independent: threads never synchronise).
+       Each step is a small GEMM ``h_prev U^T`` (``_jitmath.gemm_nt``) fused with the gate
+       equations (1)-(4). For a small batch (one chunk), :class:`PathTuner` picks by measured speed
+       among this and ``_gru_fwd_units_worker`` (its own input products in blocks of steps), alone
+       or with a helper thread that joins late and takes half of the hidden units.
 backward
     3. ``_gru_bwd_rows``: the recurrent loop of eqs. (5)-(12) in compiled code, writing the gate
        pre-activation gradients ``da = [da_z, da_r, da_h]`` (and ``du_h`` for reset="after").
@@ -350,7 +352,8 @@ def _pack_unit_rows(U: np.ndarray, H: int, gates: tuple[int, ...]) -> np.ndarray
 
 
 def _unit_split_eligible(B: int, T: int, H: int) -> bool:
-    """Rows alone cannot keep two threads busy, and a step has enough work to outweigh a barrier."""
+    """Rows alone cannot keep two threads busy, and a step has enough work for the small-batch paths
+    (the unit split and the single thread with its own input products) to be worth measuring."""
     return (not numba.config.DISABLE_JIT and chunks(B) == 1 and threads() >= 2 and B * H >= UNIT_SPLIT_MIN_WORK
             and T >= 8)
 

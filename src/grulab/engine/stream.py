@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS, FTZ_DAZ, _mxcsr, gemm_nt
+from grulab.engine._jitmath import FLAGS, FTZ_DAZ, gemm_nt, mxcsr
 from grulab.engine.cpu import sigmoid, tanh
 
 
@@ -27,9 +27,9 @@ def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after):  # noqa: 
     step. Operations the compiler might move across the switch only change how values below
     1.2e-38 round, never the result beyond that."""
     L, B, H = h.shape
-    mode = _mxcsr(-1) if h.itemsize == 4 else -1
+    mode = mxcsr(-1) if h.itemsize == 4 else -1
     if mode >= 0:
-        _mxcsr(mode | FTZ_DAZ)
+        mxcsr(mode | FTZ_DAZ)
     for layer in range(L):
         inp = x if layer == 0 else h[layer - 1]  # the layer below has already advanced
         gemm_nt(inp, W0 if layer == 0 else W_rest[layer - 1], xp)  # (B, 3H) W x
@@ -58,7 +58,7 @@ def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after):  # noqa: 
                 h_tilde = tanh(a_h)  # (eq. 3)
                 hl[b, k] = hl[b, k] + u[b, k] * (h_tilde - hl[b, k])  # (eq. 4), rewritten
     if mode >= 0:
-        _mxcsr(mode)
+        mxcsr(mode)
 
 
 class GRUStream:
