@@ -281,3 +281,30 @@ def test_float32_kernels_flush_subnormals_and_restore_the_thread_mode():
     compare(args, "after", None, False, "cpu", torch.float32)
     tiny = np.array([1e-39], np.float32)  # subnormal: Python-side float32 arithmetic still keeps it
     assert mode() == before and float(tiny[0] * np.float32(0.5)) > 0
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "frozen"])
+def test_forward_without_a_coming_backward_saves_nothing(context, monkeypatch):
+    """Under no_grad / inference_mode, or with nothing requiring a gradient, the fused forward runs
+    alone (no gates saved for a backward that never comes) and gives the same outputs."""
+    import contextlib
+
+    import grulab
+    from grulab.engine import cpu, mingru_cpu, variants_cpu
+
+    flags = []
+    for mod, name, pos in ((cpu, "gru_fwd", 9), (mingru_cpu, "mingru_fwd", 6), (variants_cpu, "variant_fwd", 13)):
+        orig = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _o=orig, _p=pos, _n=name: flags.append((_n, a[_p])) or _o(*a))
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 3)
+    for model in (grulab.GRU(3, 5), grulab.MinGRU(3, 5), grulab.RegularizedGRU(3, 5, zoneout=0.1).eval()):
+        y_grad = model(x)[0]
+        assert y_grad.requires_grad and flags[-1][1] is True
+        if context == "frozen":
+            model.requires_grad_(False)
+        ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(context, contextlib.nullcontext)
+        with ctx():
+            y = model(x)[0]
+        assert not y.requires_grad and flags[-1][1] is False
+        assert torch.equal(y, y_grad.detach())

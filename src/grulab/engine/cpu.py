@@ -400,6 +400,7 @@ class PathTuner:
 
 
 UNIT_SPLIT_MIN_WORK = 32  # B * H below which one thread is faster than two plus a barrier per step
+UNIT_SPLIT_MIN_STEPS = 256  # below this the helper thread's start (0.06-0.2 ms, more after idle) is not repaid
 TUNER = PathTuner()
 EARLIEST_JOIN = 0  # the first step at which worker 1 may join (tests move it to check a join mid-sequence)
 INPUT_BLOCK = 16  # steps whose input products the unit split computes together (and where worker 1 may join)
@@ -411,18 +412,18 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     ``helper``, worker 0 runs alone ("solo"): one thread, its own input products, no framework
     thread pool woken (which, after an idle spell, cost milliseconds per call)."""
     H = h0.shape[1]
-    one = np.empty((2, 1, 1), U.dtype)  # the packs a candidate does not use
-    U_pk = _pack_unit_rows(U, H, (0, 1, 2)) if after else one
-    U_zr_pk = _pack_unit_rows(U, H, (0, 1)) if not after else one
-    U_h_pk = _pack_unit_rows(U, H, (2,)) if not after else one
+    one = np.empty((2, 3, 1), U.dtype)  # the packs a candidate (or a run without a helper) does not use
+    U_pk = _pack_unit_rows(U, H, (0, 1, 2)) if after and helper else one
+    U_zr_pk = _pack_unit_rows(U, H, (0, 1)) if not after and helper else one
+    U_h_pk = _pack_unit_rows(U, H, (2,)) if not after and helper else one
+    W_pk = _pack_unit_rows(W, H, (0, 1, 2)) if helper else one
     hbuf = np.zeros((3, *h0.shape), h0.dtype)
     hbuf[0] = h0
     flags = np.zeros(6 * SLOT, np.int64)
     flags[_JOIN] = -1
     flags[_EARLIEST] = EARLIEST_JOIN
-    args = (INPUT_BLOCK, x, W, _pack_unit_rows(W, H, (0, 1, 2)), b_W, h0, U, U[: 2 * H], U[2 * H :], U_pk, U_zr_pk,
-            U_h_pk, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf,
-            flags)
+    args = (INPUT_BLOCK, x, W, W_pk, b_W, h0, U, U[: 2 * H], U[2 * H :], U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
+            after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, flags)
     pending = submit_helper(_gru_fwd_units_worker, 1, *args) if helper else None
     flushing_call(_gru_fwd_units_worker, 0, *args)
     if pending is not None and flags[_JOIN] < x.shape[0]:
@@ -520,6 +521,17 @@ def _lengths_np(lengths: Tensor | None, B: int, T: int) -> np.ndarray:
     return np.full(B, T, np.int64) if lengths is None else lengths.to(torch.int64).contiguous().numpy()
 
 
+_UNUSED: dict[np.dtype, np.ndarray] = {}
+
+
+def _unused(dtype: np.dtype) -> np.ndarray:
+    """A (1, 1, 1) array standing for a kernel output the call does not write (never written: the
+    kernels check their ``save_*`` flags), shared instead of allocated per call."""
+    if dtype not in _UNUSED:
+        _UNUSED[dtype] = np.zeros((1, 1, 1), dtype)
+    return _UNUSED[dtype]
+
+
 def _empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
     return torch.empty(shape, dtype=like.dtype)
 
@@ -571,7 +583,8 @@ def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, rest: tuple, reset: str) -> 
     fuse = _fuse_input(B)
     tuned = not fuse and _unit_split_eligible(B, T, H)
     key = (B, H, reset, x.dtype)
-    path = TUNER.choose(key, ("units", "solo", "rows")) if tuned else "rows"
+    paths = ("units", "solo", "rows") if T >= UNIT_SPLIT_MIN_STEPS else ("solo", "rows")
+    path = TUNER.choose(key, paths) if tuned else "rows"
     t0 = time.perf_counter()
     if path in ("units", "solo"):
         _fwd_unit_split(x_np, W_np, b_W_np, *rest, helper=path == "units")
@@ -590,20 +603,21 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     """Forward launcher: validated CPU tensors in, ``(y, h_n, saved)`` out (see module docstring)."""
     T, B, I = x.shape
     H = h0.shape[1]
-    zeros = torch.zeros(3 * H, dtype=x.dtype)
+    zeros = torch.zeros(3 * H, dtype=x.dtype) if b_W is None or b_U is None else None
     b_W_ = b_W.detach().contiguous() if b_W is not None else zeros
     b_U_ = b_U.detach().contiguous() if b_U is not None else zeros
     y = _empty((T, B, H), x)
     h_n = _empty((B, H), x)
     # without lengths no step is skipped and the carried states are the outputs themselves
     save_states = training and lengths is not None
-    states = _empty((T, B, H) if save_states else (1, 1, 1), x)
     save_gates = training and not recompute
-    gate_shape = (T, B, H) if save_gates else (1, 1, 1)
-    z, r, h_tilde, u_h = (_empty(gate_shape, x) for _ in range(4))
+    unused = _unused(y.numpy().dtype)  # for the outputs a call does not write
+    states = _empty((T, B, H), x) if save_states else None
+    z, r, h_tilde, u_h = (_empty((T, B, H), x) if save_gates else None for _ in range(4))
+    as_np = lambda t: unused if t is None else _np(t)  # noqa: E731
     rest = (_np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_), _lengths_np(lengths, B, T),
-            reverse, reset == "after", save_states, save_gates, _np(y), _np(states), _np(z), _np(r), _np(h_tilde),
-            _np(u_h), _np(h_n))
+            reverse, reset == "after", save_states, save_gates, _np(y), as_np(states), as_np(z), as_np(r),
+            as_np(h_tilde), as_np(u_h), _np(h_n))
     _run_forward(x.detach().contiguous(), W.detach().contiguous(), b_W_, rest, reset)
     if not training:
         return y, h_n, ()

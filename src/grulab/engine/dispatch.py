@@ -86,6 +86,14 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     return backend
 
 
+def grad_needed(*tensors: Tensor | None) -> bool:
+    """Whether a backward can follow: grad mode on and some input requiring a gradient. When not
+    (``torch.no_grad``, ``inference_mode``, frozen inputs), callers run the forward alone: through
+    an autograd Function it would still save every gate for a backward that never comes (the
+    Function sees ``requires_grad``, not the grad mode)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class GRUFunction(torch.autograd.Function):
     """One GRU direction over a sequence; backward is the hand-derived BPTT of the engine."""
 
@@ -135,4 +143,7 @@ def gru_sequence(
 
         return gru_scripted(x, h0, W, U, b_W, b_U, reset == "after", reverse, lengths)
     engine = resolve_backend(backend, x)
+    if not grad_needed(x, h0, W, U, b_W, b_U):
+        y, h_n, _ = ENGINES[engine].forward(x, h0, W, U, b_W, b_U, reset, lengths, reverse, False)
+        return y, h_n
     return GRUFunction.apply(x, h0, W, U, b_W, b_U, reset, lengths, reverse, engine)

@@ -33,6 +33,7 @@ from torch import Tensor
 from grulab.engine._jitmath import FLAGS, copy_row
 from grulab.engine._pool import run_chunks, threads
 from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid
+from grulab.engine.dispatch import grad_needed
 
 MIN_BLOCK_UNITS = 16  # a thread's block of units: below this the loop overhead outweighs the split
 
@@ -206,4 +207,7 @@ def mingru_cpu(
     """:func:`grulab.variants.mingru.mingru_ref` in the fused CPU kernels (float32/float64 CPU
     tensors, validated by the layer). Returns ``(y (T, B, H), h_n (B, H))``; differentiable
     through the hand-derived backward (``docs/derivation.md``, (M6)-(M10))."""
+    if not grad_needed(x, h0, W, b_W):
+        y, h_n, _ = mingru_fwd(x, h0, W, b_W, lengths, reverse, False)
+        return y, h_n
     return MinGRUFunction.apply(x, h0, W, b_W, lengths, reverse)

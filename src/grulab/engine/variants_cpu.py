@@ -41,6 +41,7 @@ from grulab.cells.lngru import DEFAULT_EPS
 from grulab.engine._jitmath import FLAGS, gemm_nt
 from grulab.engine._pool import chunks, run_chunks
 from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid, tanh
+from grulab.engine.dispatch import grad_needed
 
 LN_ROWS_PER_CHUNK = 256  # the input side's layer norm is a few passes over 3H numbers per row
 
@@ -519,4 +520,7 @@ def variant_gru_cpu(
     if (g_W is None) != (g_U is None):
         raise ValueError("g_W and g_U must be given together (layer normalisation) or both be None")
     opts = VariantOptions(reset, float(eps), float(zoneout_p) if zoneout_masks is None else 0.0, reverse)
+    if not grad_needed(x, h0, W, U, b_W, b_U, g_W, g_U):
+        y, h_n, _ = variant_fwd(x, h0, W, U, b_W, b_U, g_W, g_U, m_x, m_h, zoneout_masks, lengths, opts, False)
+        return y, h_n
     return VariantGRUFunction.apply(x, h0, W, U, b_W, b_U, g_W, g_U, m_x, m_h, zoneout_masks, lengths, opts)
