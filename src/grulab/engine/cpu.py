@@ -202,7 +202,8 @@ def _gru_fwd_rows(c, n, fuse, x, W, b_W, xp, h0, U, b_U, lengths, reverse, after
 
 # ---------------------------------------------------- forward, small batch: units split over threads
 # Worker 1 joins late: worker 0 starts at once on all the units and runs alone until worker 1
-# signals that it is running; from the next step on, each owns half of the units. A helper thread
+# signals that it is running; from the next block of input products on (INPUT_BLOCK steps), each
+# owns half of the units. A helper thread
 # can take from tens of microseconds to milliseconds to get a core (a virtual machine's idle vCPU
 # wakes slowly), which is the whole run of a short sequence: waiting for it at the first step cost
 # more than the split saved, so nobody waits. Slots of ``flags`` (each ``SLOT`` apart):
