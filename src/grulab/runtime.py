@@ -35,6 +35,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 _LOW = (torch.bfloat16, torch.float16)
 
 
+def opaque_to_compiler(fn: F) -> F:
+    """``torch.compiler.disable(fn)`` for dynamo, ``fn`` itself otherwise. The disabled wrapper
+    runs dynamo's frame checks on every call, even in eager mode: 6 us per call with warm caches,
+    about 160 us after an idle spell (a batch-1 forward of 8 steps: 615 against 452 us). Under
+    ``torch.compile`` the check below reads True and the call goes through the disabled wrapper,
+    so the compiled graph still treats ``fn`` as one opaque call."""
+    disabled = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _up(t: Any, dtype: torch.dtype) -> Any:
     """Cast low-precision floating tensors (inside tuples and PackedSequences too) to ``dtype``."""
     if isinstance(t, torch.nn.utils.rnn.PackedSequence):

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from grulab.engine.reference import GRUTrace, gru_ref, gru_ref_backward
+from grulab.runtime import opaque_to_compiler
 
 BACKENDS = ("auto", "reference", "cpu", "cpu_recompute")
 
@@ -119,7 +120,7 @@ class GRUFunction(torch.autograd.Function):
         return dx, dh0, dW, dU, db_W, db_U, None, None, None, None
 
 
-@torch.compiler.disable  # one fused kernel per call: torch.compile leaves it opaque (grulab.runtime)
+@opaque_to_compiler  # one fused kernel per call: torch.compile leaves it opaque (grulab.runtime)
 def gru_sequence(
     x: Tensor,
     h0: Tensor,

@@ -34,6 +34,7 @@ from grulab.engine._jitmath import FLAGS, copy_row
 from grulab.engine._pool import run_chunks, threads
 from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid
 from grulab.engine.dispatch import grad_needed
+from grulab.runtime import opaque_to_compiler
 
 MIN_BLOCK_UNITS = 16  # a thread's block of units: below this the loop overhead outweighs the split
 
@@ -194,7 +195,7 @@ class MinGRUFunction(torch.autograd.Function):
         return dx, dh0, dW, db_W, None, None
 
 
-@torch.compiler.disable  # one fused kernel per call: torch.compile leaves it opaque (grulab.runtime)
+@opaque_to_compiler  # one fused kernel per call: torch.compile leaves it opaque (grulab.runtime)
 def mingru_cpu(
     x: Tensor,
     h0: Tensor,

@@ -42,6 +42,7 @@ from grulab.engine._jitmath import FLAGS, gemm_nt
 from grulab.engine._pool import chunks, run_chunks
 from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid, tanh
 from grulab.engine.dispatch import grad_needed
+from grulab.runtime import opaque_to_compiler
 
 LN_ROWS_PER_CHUNK = 256  # the input side's layer norm is a few passes over 3H numbers per row
 
@@ -494,7 +495,7 @@ class VariantGRUFunction(torch.autograd.Function):
         return (*grads, None, None, None, None, None)
 
 
-@torch.compiler.disable  # one fused kernel per call: torch.compile leaves it opaque (grulab.runtime)
+@opaque_to_compiler  # one fused kernel per call: torch.compile leaves it opaque (grulab.runtime)
 def variant_gru_cpu(
     x: Tensor,
     h0: Tensor,
