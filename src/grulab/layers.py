@@ -310,6 +310,8 @@ class _Recurrent(nn.Module):
             layer_input = torch.cat(outs, dim=-1) if D == 2 else outs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
+        if len(finals) == 1:  # one layer, one direction: a view, not a copy (torch.stack of one)
+            return layer_input, tuple(f.unsqueeze(0) for f in finals[0])
         return layer_input, tuple(torch.stack([f[k] for f in finals]) for k in range(self.state_parts))
 
     def _direction(self, x: Tensor, state0: State, params: tuple, lengths: Tensor | None,

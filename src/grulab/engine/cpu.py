@@ -573,60 +573,73 @@ def _fuse_input(B: int) -> bool:
     return B // chunks(B) >= FUSE_MIN_ROWS
 
 
-def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, rest: tuple, reset: str) -> None:
-    """The forward kernels for validated ``x (T, B, I)``, ``W``, ``b_W`` and the rest of the kernel
-    arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows over threads, with the input products
-    inside the loop (``FUSE_MIN_ROWS``) or as one product beforehand; or, for a small batch, the
-    late-join unit split where that measures faster for the shape (:class:`PathTuner`)."""
+def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, x_np: np.ndarray, W_np: np.ndarray, b_W_np: np.ndarray,
+                 rest: tuple, reset: str) -> None:
+    """The forward kernels for validated ``x (T, B, I)``, ``W``, ``b_W`` (detached, contiguous; and
+    their arrays) and the rest of the kernel arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows
+    over threads, with the input products inside the loop (``FUSE_MIN_ROWS``) or as one product
+    beforehand; or, for a small batch, the late-join unit split where that measures faster for the
+    shape (:class:`PathTuner`)."""
     T, B, I = x.shape
     H = rest[0].shape[1]
-    x_np, W_np, b_W_np = _np(x), _np(W), _np(b_W)
     fuse = _fuse_input(B)
     tuned = not fuse and _unit_split_eligible(B, T, H)
     key = (B, H, reset, x.dtype)
-    paths = ("units", "solo", "rows") if T >= UNIT_SPLIT_MIN_STEPS else ("solo", "rows")
-    path = TUNER.choose(key, paths) if tuned else "rows"
+    path = TUNER.choose(key, _PATHS_LONG if T >= UNIT_SPLIT_MIN_STEPS else _PATHS_SHORT) if tuned else "rows"
     t0 = time.perf_counter()
-    if path in ("units", "solo"):
+    if path != "rows":
         _fwd_unit_split(x_np, W_np, b_W_np, *rest, helper=path == "units")
     elif fuse:
-        run_chunks(_gru_fwd_rows, chunks(B), True, x_np, W_np, b_W_np, np.empty((1, 1, 1), x_np.dtype), *rest)
+        run_chunks(_gru_fwd_rows, chunks(B), True, x_np, W_np, b_W_np, _unused(x_np.dtype), *rest)
     else:
         xp = torch.addmm(b_W, x.reshape(T * B, I), W.t()).view(T, B, 3 * H)
-        run_chunks(_gru_fwd_rows, chunks(B), False, x_np[:1, :1], W_np[:1], b_W_np[:1], _np(xp), *rest)
+        run_chunks(_gru_fwd_rows, chunks(B), False, x_np[:1, :1], W_np[:1], b_W_np[:1], xp.numpy(), *rest)
     if tuned:
         TUNER.record(key, path, (time.perf_counter() - t0) / T)
+
+
+_PATHS_LONG, _PATHS_SHORT = ("units", "solo", "rows"), ("solo", "rows")
+
+
+def _array(t: Tensor) -> tuple[Tensor, np.ndarray]:
+    """``t`` detached and contiguous, and the array sharing its memory."""
+    t = t.detach().contiguous()
+    return t, t.numpy()
 
 
 def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U: Tensor | None, reset: str,
             lengths: Tensor | None, reverse: bool, training: bool, recompute: bool = False
             ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """Forward launcher: validated CPU tensors in, ``(y, h_n, saved)`` out (see module docstring)."""
+    """Forward launcher: validated CPU tensors in, ``(y, h_n, saved)`` out (see module docstring).
+    Each tensor is converted once: a batch-1 call of a few steps is dominated by this launcher."""
     T, B, I = x.shape
     H = h0.shape[1]
-    zeros = torch.zeros(3 * H, dtype=x.dtype) if b_W is None or b_U is None else None
-    b_W_ = b_W.detach().contiguous() if b_W is not None else zeros
-    b_U_ = b_U.detach().contiguous() if b_U is not None else zeros
-    y = _empty((T, B, H), x)
-    h_n = _empty((B, H), x)
+    dtype = x.dtype
+    if b_W is None or b_U is None:
+        b_W = b_U = torch.zeros(3 * H, dtype=dtype)
+    x, x_np = _array(x)
+    W, W_np = _array(W)
+    b_W, b_W_np = _array(b_W)
+    y = torch.empty((T, B, H), dtype=dtype)
+    h_n = torch.empty((B, H), dtype=dtype)
+    y_np = y.numpy()
+    unused = _unused(y_np.dtype)  # for the outputs a call does not write
     # without lengths no step is skipped and the carried states are the outputs themselves
     save_states = training and lengths is not None
     save_gates = training and not recompute
-    unused = _unused(y.numpy().dtype)  # for the outputs a call does not write
-    states = _empty((T, B, H), x) if save_states else None
-    z, r, h_tilde, u_h = (_empty((T, B, H), x) if save_gates else None for _ in range(4))
-    as_np = lambda t: unused if t is None else _np(t)  # noqa: E731
-    rest = (_np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_), _lengths_np(lengths, B, T),
-            reverse, reset == "after", save_states, save_gates, _np(y), as_np(states), as_np(z), as_np(r),
-            as_np(h_tilde), as_np(u_h), _np(h_n))
-    _run_forward(x.detach().contiguous(), W.detach().contiguous(), b_W_, rest, reset)
+    states = torch.empty((T, B, H), dtype=dtype) if save_states else None
+    gates = tuple(torch.empty((T, B, H), dtype=dtype) for _ in range(4)) if save_gates else (None,) * 4
+    rest = (_array(h0)[1], _array(U)[1], _array(b_U)[1], _lengths_np(lengths, B, T), reverse, reset == "after",
+            save_states, save_gates, y_np, unused if states is None else states.numpy(),
+            *(unused if g is None else g.numpy() for g in gates), h_n.numpy())
+    _run_forward(x, W, b_W, x_np, W_np, b_W_np, rest, reset)
     if not training:
         return y, h_n, ()
     if not save_states:
         states = y
     if recompute:
         return y, h_n, (states,)
-    return y, h_n, (states, z, r, h_tilde, u_h)
+    return y, h_n, (states, *gates)
 
 
 def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None,
