@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -392,6 +393,8 @@ class GRU(_Recurrent):
         return self.backend == "auto" and x.device.type == "cuda" and self.reset == "after"
 
     def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if lengths is None and self._inference_only(x, state[0]):
+            return self._run_arrays(x, state[0])
         if not self._native(x, lengths):
             return super()._run(x, state, lengths)
         from grulab.interop import gru_to_torch_layout
@@ -401,6 +404,42 @@ class GRU(_Recurrent):
         return native_run("gru", x, state, weights, bias=self.bias, num_layers=self.num_layers,
                           dropout=self.dropout, training=self.training, bidirectional=self.bidirectional,
                           lengths=lengths)
+
+    def _inference_only(self, x: Tensor, h0: Tensor) -> bool:
+        """Whether this call can take the array path: the fused CPU engine would run, no backward
+        can follow (grad mode off, or nothing requires a gradient), no dropout is drawn, and no
+        tracer or compiler is recording the call."""
+        if self.backend not in ("auto", "cpu", "cpu_recompute") or x.device.type != "cpu" \
+                or x.dtype not in (torch.float32, torch.float64):
+            return False
+        if self.dropout and self.training and self.num_layers > 1:
+            return False
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
+        return not torch.is_grad_enabled() or not (
+            x.requires_grad or h0.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _run_arrays(self, x: Tensor, h0: Tensor) -> tuple[Tensor, State]:
+        """Inference on arrays: every layer and direction through ``engine.cpu.forward_arrays``,
+        the same kernels and values as the autograd path without its per-call tensor plumbing (on
+        this 2-vCPU machine, after an idle spell, that plumbing cost about as much as a 10-step
+        batch-1 forward's kernel; see docs/performance.md)."""
+        from grulab.engine.cpu import forward_arrays
+
+        D = self.num_directions
+        arrays = lambda t: None if t is None else t.detach().contiguous().numpy()  # noqa: E731
+        layer_input = arrays(x)
+        h0_all = arrays(h0)
+        h_n = np.empty_like(h0_all)
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                idx = layer * D + d
+                W, U, b_W, b_U = (arrays(p) for p in self.direction_parameters(layer, d))
+                y, _ = forward_arrays(layer_input, h0_all[idx], W, U, b_W, b_U, self.reset, bool(d), h_n[idx])
+                outs.append(y)
+            layer_input = np.concatenate(outs, axis=-1) if D == 2 else outs[0]
+        return torch.from_numpy(layer_input), (torch.from_numpy(h_n),)
 
     def _direction(self, x, state0, params, lengths, reverse):  # noqa: ANN001
         backend = "auto" if self.backend == "native" else self.backend

@@ -286,7 +286,8 @@ def test_float32_kernels_flush_subnormals_and_restore_the_thread_mode():
 @pytest.mark.parametrize("context", ["no_grad", "inference_mode", "frozen"])
 def test_forward_without_a_coming_backward_saves_nothing(context, monkeypatch):
     """Under no_grad / inference_mode, or with nothing requiring a gradient, the fused forward runs
-    alone (no gates saved for a backward that never comes) and gives the same outputs."""
+    alone (no gates saved for a backward that never comes; the GRU goes through the array path,
+    ``forward_arrays``) and gives the same outputs."""
     import contextlib
 
     import grulab
@@ -296,6 +297,8 @@ def test_forward_without_a_coming_backward_saves_nothing(context, monkeypatch):
     for mod, name, pos in ((cpu, "gru_fwd", 9), (mingru_cpu, "mingru_fwd", 6), (variants_cpu, "variant_fwd", 13)):
         orig = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _o=orig, _p=pos, _n=name: flags.append((_n, a[_p])) or _o(*a))
+    orig_arrays = cpu.forward_arrays
+    monkeypatch.setattr(cpu, "forward_arrays", lambda *a: flags.append(("forward_arrays", False)) or orig_arrays(*a))
     torch.manual_seed(0)
     x = torch.randn(6, 2, 3)
     for model in (grulab.GRU(3, 5), grulab.MinGRU(3, 5), grulab.RegularizedGRU(3, 5, zoneout=0.1).eval()):
@@ -307,4 +310,59 @@ def test_forward_without_a_coming_backward_saves_nothing(context, monkeypatch):
         with ctx():
             y = model(x)[0]
         assert not y.requires_grad and flags[-1][1] is False
+        assert flags[-1][0] == ("forward_arrays" if isinstance(model, grulab.GRU) else flags[-2][0])
         assert torch.equal(y, y_grad.detach())
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layers, bidirectional, batch_first, batched, with_hx",
+                         [(1, False, False, True, False), (2, True, True, True, True), (3, False, False, False, True),
+                          (2, True, False, True, False)])
+def test_inference_array_path_gives_the_autograd_paths_values(reset, dtype, layers, bidirectional, batch_first,
+                                                              batched, with_hx, monkeypatch):
+    """Inference calls (no gradient can follow) run every layer and direction on arrays; the values
+    are those of the autograd path bit for bit (same kernels, same arguments), for stacked,
+    bidirectional, batch-first, unbatched calls and a given initial state; batch 1 and batch 20 (the
+    small-batch paths and the rows kernel)."""
+    import grulab
+
+    calls = []
+    orig = grulab.GRU._run_arrays
+    monkeypatch.setattr(grulab.GRU, "_run_arrays", lambda self, *a: calls.append(1) or orig(self, *a))
+    torch.manual_seed(1)
+    gru = grulab.GRU(4, 9, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+                     reset=reset, dropout=0.3 if layers > 1 else 0.0).to(dtype).eval()
+    D = 2 if bidirectional else 1
+    for B, T in ((1, 300), (20, 7)):
+        shape = ((B, T, 4) if batch_first else (T, B, 4)) if batched else (T, 4)
+        x = torch.randn(*shape, dtype=dtype)
+        hx = torch.randn(*((layers * D, B, 9) if batched else (layers * D, 9)), dtype=dtype) if with_hx else None
+        y_grad, h_grad = gru(x, hx)
+        assert y_grad.requires_grad and not calls
+        with torch.no_grad():
+            y, h = gru(x, hx)
+        assert calls and not y.requires_grad
+        assert y.shape == y_grad.shape and h.shape == h_grad.shape
+        assert torch.equal(y, y_grad.detach()) and torch.equal(h, h_grad.detach())
+        calls.clear()
+
+
+def test_inference_array_path_is_not_taken_where_it_would_change_the_call(monkeypatch):
+    """Dropout between layers in training mode, the reference backend, lengths, and a call whose
+    output needs a gradient all keep the general path."""
+    import grulab
+
+    calls = []
+    orig = grulab.GRU._run_arrays
+    monkeypatch.setattr(grulab.GRU, "_run_arrays", lambda self, *a: calls.append(1) or orig(self, *a))
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        grulab.GRU(3, 4, num_layers=2, dropout=0.5).train()(x)
+        grulab.GRU(3, 4, backend="reference")(x)
+        grulab.GRU(3, 4)(x, lengths=torch.tensor([5, 3]))
+    grulab.GRU(3, 4)(x.requires_grad_())
+    assert not calls
+    with torch.no_grad():
+        grulab.GRU(3, 4, num_layers=2, dropout=0.5).eval()(x)
+    assert calls

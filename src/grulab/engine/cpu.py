@@ -573,13 +573,11 @@ def _fuse_input(B: int) -> bool:
     return B // chunks(B) >= FUSE_MIN_ROWS
 
 
-def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, x_np: np.ndarray, W_np: np.ndarray, b_W_np: np.ndarray,
-                 rest: tuple, reset: str) -> None:
-    """The forward kernels for validated ``x (T, B, I)``, ``W``, ``b_W`` (detached, contiguous; and
-    their arrays) and the rest of the kernel arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows
-    over threads, with the input products inside the loop (``FUSE_MIN_ROWS``) or as one product
-    beforehand; or, for a small batch, the late-join unit split where that measures faster for the
-    shape (:class:`PathTuner`)."""
+def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, reset: str) -> None:
+    """The forward kernels for validated C-contiguous ``x (T, B, I)``, ``W``, ``b_W`` and the rest of
+    the kernel arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows over threads, with the input
+    products inside the loop (``FUSE_MIN_ROWS``) or as one product beforehand; or, for a small
+    batch, the late-join unit split where that measures faster for the shape (:class:`PathTuner`)."""
     T, B, I = x.shape
     H = rest[0].shape[1]
     fuse = _fuse_input(B)
@@ -588,12 +586,13 @@ def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, x_np: np.ndarray, W_np: np.n
     path = TUNER.choose(key, _PATHS_LONG if T >= UNIT_SPLIT_MIN_STEPS else _PATHS_SHORT) if tuned else "rows"
     t0 = time.perf_counter()
     if path != "rows":
-        _fwd_unit_split(x_np, W_np, b_W_np, *rest, helper=path == "units")
+        _fwd_unit_split(x, W, b_W, *rest, helper=path == "units")
     elif fuse:
-        run_chunks(_gru_fwd_rows, chunks(B), True, x_np, W_np, b_W_np, _unused(x_np.dtype), *rest)
+        run_chunks(_gru_fwd_rows, chunks(B), True, x, W, b_W, _unused(x.dtype), *rest)
     else:
-        xp = torch.addmm(b_W, x.reshape(T * B, I), W.t()).view(T, B, 3 * H)
-        run_chunks(_gru_fwd_rows, chunks(B), False, x_np[:1, :1], W_np[:1], b_W_np[:1], xp.numpy(), *rest)
+        xp = torch.addmm(torch.from_numpy(b_W), torch.from_numpy(x).view(T * B, I), torch.from_numpy(W).t())
+        run_chunks(_gru_fwd_rows, chunks(B), False, x[:1, :1], W[:1], b_W[:1], xp.numpy().reshape(T, B, 3 * H),
+                   *rest)
     if tuned:
         TUNER.record(key, path, (time.perf_counter() - t0) / T)
 
@@ -601,10 +600,30 @@ def _run_forward(x: Tensor, W: Tensor, b_W: Tensor, x_np: np.ndarray, W_np: np.n
 _PATHS_LONG, _PATHS_SHORT = ("units", "solo", "rows"), ("solo", "rows")
 
 
-def _array(t: Tensor) -> tuple[Tensor, np.ndarray]:
-    """``t`` detached and contiguous, and the array sharing its memory."""
-    t = t.detach().contiguous()
-    return t, t.numpy()
+def _array(t: Tensor) -> np.ndarray:
+    """The C-contiguous array of ``t``'s values (its own memory when ``t`` is contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def forward_arrays(x: np.ndarray, h0: np.ndarray, W: np.ndarray, U: np.ndarray, b_W: np.ndarray | None,
+                   b_U: np.ndarray | None, reset: str, reverse: bool, h_n: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """One direction's forward on validated C-contiguous arrays, nothing saved for a backward:
+    ``(y (T, B, H), h_n (B, H))``, ``h_n`` written into the given array if any. The same kernels
+    and arguments as :func:`gru_fwd` (so the same values, bit for bit), without its tensor
+    conversions: the path of inference calls (``GRU`` under ``torch.no_grad``)."""
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    if b_W is None or b_U is None:
+        b_W = b_U = np.zeros(3 * H, x.dtype)
+    y = np.empty((T, B, H), x.dtype)
+    if h_n is None:
+        h_n = np.empty((B, H), x.dtype)
+    unused = _unused(x.dtype)
+    rest = (h0, U, b_U, np.full(B, T, np.int64), reverse, reset == "after", False, False, y, unused, unused, unused,
+            unused, unused, h_n)
+    _run_forward(x, W, b_W, rest, reset)
+    return y, h_n
 
 
 def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U: Tensor | None, reset: str,
@@ -617,9 +636,6 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     dtype = x.dtype
     if b_W is None or b_U is None:
         b_W = b_U = torch.zeros(3 * H, dtype=dtype)
-    x, x_np = _array(x)
-    W, W_np = _array(W)
-    b_W, b_W_np = _array(b_W)
     y = torch.empty((T, B, H), dtype=dtype)
     h_n = torch.empty((B, H), dtype=dtype)
     y_np = y.numpy()
@@ -629,10 +645,10 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     save_gates = training and not recompute
     states = torch.empty((T, B, H), dtype=dtype) if save_states else None
     gates = tuple(torch.empty((T, B, H), dtype=dtype) for _ in range(4)) if save_gates else (None,) * 4
-    rest = (_array(h0)[1], _array(U)[1], _array(b_U)[1], _lengths_np(lengths, B, T), reverse, reset == "after",
+    rest = (_array(h0), _array(U), _array(b_U), _lengths_np(lengths, B, T), reverse, reset == "after",
             save_states, save_gates, y_np, unused if states is None else states.numpy(),
             *(unused if g is None else g.numpy() for g in gates), h_n.numpy())
-    _run_forward(x, W, b_W, x_np, W_np, b_W_np, rest, reset)
+    _run_forward(_array(x), _array(W), _array(b_W), rest, reset)
     if not training:
         return y, h_n, ()
     if not save_states:
