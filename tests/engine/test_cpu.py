@@ -366,3 +366,15 @@ def test_inference_array_path_is_not_taken_where_it_would_change_the_call(monkey
     with torch.no_grad():
         grulab.GRU(3, 4, num_layers=2, dropout=0.5).eval()(x)
     assert calls
+
+
+def test_unit_split_needs_two_cpus_for_the_calling_thread(monkeypatch):
+    """A caller pinned to one CPU would put the helper on that CPU too (a barrier per step that
+    waits for a time slice): the unit split is not among the paths measured then."""
+    from grulab.engine import cpu
+
+    assert "units" not in cpu._paths(100)
+    monkeypatch.setattr(cpu, "cpus_available", lambda: 1)
+    assert cpu._paths(1000) == ("solo", "rows")
+    monkeypatch.setattr(cpu, "cpus_available", lambda: 2)
+    assert cpu._paths(1000) == ("units", "solo", "rows")

@@ -45,6 +45,13 @@ def threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+def cpus_available() -> int:
+    """CPUs this thread may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def chunks(rows: int, min_rows: int = MIN_ROWS_PER_CHUNK) -> int:
     """How many chunks to split ``rows`` independent rows into: one per thread, ``min_rows`` each."""
     return max(1, min(threads(), rows // min_rows))
