@@ -123,11 +123,20 @@ def gemm_nt(A, Bm, C):  # noqa: ANN001, ANN201
     Rows of ``A`` go in blocks of 6, then 4, then 1; each block sweeps ``Bm`` two rows at a time.
     Every output of a tile keeps one vector accumulator over ``K`` (a 6x2 tile: 8 loads per 12
     FMAs), reduced once at the end. Of the tile shapes and loop orders tried on the GRU's shapes
-    (M <= 32, K and N in 128..1536), this one ran fastest: 61-72 GFLOP/s of one core's 78 peak."""
+    (M <= 32, K and N in 128..1536), this one ran fastest: 61-72 GFLOP/s of one core's 78 peak.
+    Where fewer 6-row blocks leave a multiple of 4 rows, those take 4-row blocks instead of single
+    rows (a single row is a matrix-vector product that reads all of ``Bm`` for one row): 32 rows as
+    6+6+6+6+4+4 ran 4.5% faster than 6x5+1+1 per GRU step (input and recurrent products, K=128/256,
+    N=768), 8 rows as 4+4 17% faster than 6+1+1."""
     M = A.shape[0]
     N = Bm.shape[0]
+    n6 = M // 6
+    while n6 > 0 and (M - 6 * n6) % 4 != 0:
+        n6 -= 1
+    if (M - 6 * n6) % 4 != 0:
+        n6 = M // 6  # no split into 6s and 4s: the rows left over go one at a time
     i = 0
-    while i + 6 <= M:
+    while i < 6 * n6:
         for j in range(0, N - 1, 2):
             _tile6x2(A, Bm, C, i, j)
         if N % 2:
