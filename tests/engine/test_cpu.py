@@ -41,12 +41,21 @@ def compare(args, reset, lengths, reverse, engine, dtype):
     T=st.integers(1, 9), B=st.integers(1, 11), I=st.integers(1, 7), H=st.integers(1, 9),
     reset=st.sampled_from(["before", "after"]), reverse=st.booleans(), with_lengths=st.booleans(),
     bias=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
-    engine=st.sampled_from(["cpu", "cpu_recompute"]), seed=st.integers(0, 2**16),
+    engine=st.sampled_from(["cpu", "cpu_recompute"]), seed=st.integers(0, 2**16), panels=st.booleans(),
 )
-def test_engine_matches_reference(T, B, I, H, reset, reverse, with_lengths, bias, dtype, engine, seed):
+def test_engine_matches_reference(T, B, I, H, reset, reverse, with_lengths, bias, dtype, engine, seed, panels):
+    """Random shapes; with ``panels`` every call multiplies through packed panels (``gemm_nn``),
+    otherwise these short calls use ``gemm_nt``."""
+    from grulab.engine import cpu
+
     args = make_args(T, B, I, H, dtype, bias, seed)
     lengths = torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(seed)) if with_lengths else None
-    compare(args, reset, lengths, reverse, engine, dtype)
+    saved = cpu.PANEL_MIN_ROWS_STEPS
+    cpu.PANEL_MIN_ROWS_STEPS = 1 if panels else 10**9
+    try:
+        compare(args, reset, lengths, reverse, engine, dtype)
+    finally:
+        cpu.PANEL_MIN_ROWS_STEPS = saved
 
 
 @pytest.mark.parametrize("reset", ["before", "after"])
@@ -149,7 +158,7 @@ def _force_unit_split(monkeypatch, helper: str, earliest: int = 0) -> list:
             raise AssertionError("worker 0 waited for a helper that never joined")
 
     def submit(kernel, *args):
-        flags = args[-1]
+        flags = args[-3]  # (..., hbuf, flags, full_p, split_p)
         joins.append(flags)
         if helper == "never":
             return Never()
@@ -172,13 +181,16 @@ def _force_unit_split(monkeypatch, helper: str, earliest: int = 0) -> list:
 @pytest.mark.parametrize("reset", ["before", "after"])
 @pytest.mark.parametrize("helper, earliest", [("never", 0), ("first", 0), ("first", 6)])
 @pytest.mark.parametrize("B, H", [(1, 97), (3, 64)])
-def test_small_batch_unit_split_matches_reference(reset, helper, earliest, B, H, monkeypatch):
+@pytest.mark.parametrize("panels", [False, True])
+def test_small_batch_unit_split_matches_reference(reset, helper, earliest, B, H, panels, monkeypatch):
     """Small batches split the units over two threads once the helper thread runs (barrier per
-    step): alone to the end, split from the first step, and split from a step in the middle."""
+    step): alone to the end, split from the first step, and split from a step in the middle;
+    with the weights as ``gemm_nt`` reads them and packed into panels (``gemm_nn``)."""
     from grulab.engine import cpu
 
     if cpu.threads() < 2:
         pytest.skip("needs two threads")
+    monkeypatch.setattr(cpu, "PANEL_MIN_ROWS_STEPS", 1 if panels else 10**9)
     joins = _force_unit_split(monkeypatch, helper, earliest)
     T = 10  # every split step is a barrier: keep it short, a busy test machine makes each one slow
     assert cpu._unit_split_eligible(B, T, H)
@@ -205,7 +217,7 @@ def test_unit_split_helper_arriving_after_the_end_is_harmless(monkeypatch):
         y = a[19].copy()  # (w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
         #                  after, save_states, save_gates, y, ...)
         kernel(*a)  # the helper runs now: the join step says "finished", it returns
-        assert a[-1][cpu._JOIN] == 12 and np.array_equal(a[19], y)
+        assert a[-3][cpu._JOIN] == 12 and np.array_equal(a[19], y)
 
 
 def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numba import njit
 
-from grulab.engine._jitmath import exp32, gemm_nt, sigmoid32, tanh32
+from grulab.engine._jitmath import exp32, gemm_nn, gemm_nt, pack_panels, panel_width, sigmoid32, tanh32
 
 
 @njit
@@ -71,3 +71,30 @@ def test_gemm_nt_all_remainders(M, N, K, dtype):
 def test_uncompiled_bitcast_matches():
     x = np.array([-3.5, 0.0, 1.0, 20.0], np.float32)
     np.testing.assert_allclose(_eval(0, x), np.exp(x.astype(np.float64)), rtol=3e-7)
+
+
+@given(M=st.integers(0, 20), N=st.integers(1, 80), K=st.integers(1, 40), extra=st.integers(0, 3),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_gemm_nn_from_panels_matches_numpy(M, N, K, extra, dtype):
+    """Every row-block size (1-6) and a partial last panel; columns past N are left untouched."""
+    rng = np.random.default_rng(M * 1000 + N * 50 + K)
+    A, Bm = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((N, K)).astype(dtype)
+    P = pack_panels(Bm)
+    assert P.shape == (-(-N // panel_width(dtype)), K, panel_width(dtype))
+    C = np.full((M, N + extra), np.nan, dtype)
+    gemm_nn(A, P, C, N)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(C[:, :N], A @ Bm.T, rtol=tol, atol=tol)
+    assert np.isnan(C[:, N:]).all()
+
+
+def test_gemm_nn_rejects_operands_that_do_not_match():
+    """The compiled blocks never see mismatched operands: the driver raises first."""
+    P = pack_panels(np.ones((4, 5), np.float32))
+    for A, C, N in ((np.ones((2, 3), np.float32), np.ones((2, 4), np.float32), 4),  # K differs
+                    (np.ones((2, 5), np.float32), np.ones((2, 3), np.float32), 4),  # C too narrow
+                    (np.ones((2, 5), np.float32), np.ones((1, 4), np.float32), 4),  # C too short
+                    (np.ones((2, 5), np.float32), np.ones((2, 64), np.float32), 64),  # N beyond the panels
+                    (np.ones((2, 10), np.float32)[:, ::2], np.ones((2, 4), np.float32), 4)):  # A strided
+        with pytest.raises(ValueError, match="gemm_nn"):
+            gemm_nn(A, P, C, N)

@@ -41,8 +41,10 @@ from grulab.engine._jitmath import (
     SLOT,
     barrier,
     copy_row,
-    gemm_nt,
     load_acquire,
+    matmul_t,
+    no_panels,
+    pack_panels,
     sigmoid32,
     sigmoid64,
     store_release,
@@ -141,12 +143,13 @@ def _update_row(x_t, H, k0, nk, after, b_U, z_row, r_row, uh_row, hp_row, hn_row
 # ----------------------------------------------------------------------------------- forward
 @numba.njit(**FLAGS)
 def _gru_fwd_rows(c, n, fuse, x, W, b_W, xp, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y,
-                  states, z_s, r_s, ht_s, uh_s, h_n):  # noqa: ANN001, ANN201
+                  states, z_s, r_s, ht_s, uh_s, h_n, pk):  # noqa: ANN001, ANN201
     """Recurrent loop of eqs. (1)-(4) for chunk ``c`` of ``n`` of the batch rows; writes ``y``, ``h_n`` and,
     when asked, ``states`` (the carried state) and the gates. The input side ``W x_t + b_W`` is either
     read from ``xp`` (T, B, 3H), computed beforehand for all steps, or, with ``fuse``, computed here
     step by step from ``x`` (T, B, I), ``W`` and ``b_W`` for this chunk's rows (``xp`` unused): the
-    same products without a T·B·3H buffer written to memory and read back."""
+    same products without a T·B·3H buffer written to memory and read back. ``pk`` holds the panels
+    of ``W``, ``U``, ``U_zr`` and ``U_h`` (:func:`_panels`; empty ones: ``gemm_nt`` on the matrix)."""
     T, B = y.shape[0], y.shape[1]
     H = h0.shape[1]
     b0, b1 = c * B // n, (c + 1) * B // n
@@ -167,12 +170,15 @@ def _gru_fwd_rows(c, n, fuse, x, W, b_W, xp, h0, U, b_U, lengths, reverse, after
         t = T - 1 - s if reverse else s
         h, h_next = hb[s % 2], hb[(s + 1) % 2]
         if fuse:
-            gemm_nt(x[t, b0:b1], W, xw)  # (nb, 3H) = x_t W^T
+            matmul_t(x[t, b0:b1], W, pk[0], xw)  # (nb, 3H) = x_t W^T
             for bb in range(nb):
                 xw_row = xw[bb]
                 for q in range(3 * H):
                     xw_row[q] += b_W[q]
-        gemm_nt(h, U if after else U_zr, u)  # (nb, 3H|2H) = h_prev U^T
+        if after:
+            matmul_t(h, U, pk[1], u)  # (nb, 3H) = h_prev U^T
+        else:
+            matmul_t(h, U_zr, pk[2], u)  # (nb, 2H) = h_prev U_zr^T
         for bb in range(nb):
             if t >= lengths[b0 + bb]:
                 continue
@@ -187,7 +193,7 @@ def _gru_fwd_rows(c, n, fuse, x, W, b_W, xp, h0, U, b_U, lengths, reverse, after
                 for k in range(H):
                     rh_row[k] = r_row[k] * h_row[k]
         if not after:
-            gemm_nt(rh, U_h, uh)  # (eq. 3b) U_h (r * h_prev)
+            matmul_t(rh, U_h, pk[3], uh)  # (eq. 3b) U_h (r * h_prev)
         for bb in range(nb):
             b = b0 + bb
             if t >= lengths[b]:  # skipped step: the state passes through, the output is zero
@@ -212,7 +218,7 @@ _P0, _P1, _ARRIVE, _JOIN, _DONE, _EARLIEST = (i * SLOT for i in range(6))
 
 
 @numba.njit(**{**FLAGS, "inline": "always"})
-def _units_inputs(s, T, nblk, reverse, k0, nk, nkmax, x, Ww, b_W, xw, xf):  # noqa: ANN001, ANN202
+def _units_inputs(s, T, nblk, reverse, k0, nk, nkmax, x, Ww, Ww_p, b_W, xw, xf):  # noqa: ANN001, ANN202
     """The input side ``W x_t + b_W`` of units ``k0 : k0 + nk`` for the block of (up to) ``nblk``
     steps that starts at loop step ``s``: one small GEMM over the block's rows (``Ww``: these units'
     rows of W, gate blocks of ``nkmax``), written to ``xf[t - t_lo, b]`` at the full layout's
@@ -221,7 +227,7 @@ def _units_inputs(s, T, nblk, reverse, k0, nk, nkmax, x, Ww, b_W, xw, xf):  # no
     B, I = x.shape[1], x.shape[2]
     H = b_W.shape[0] // 3
     t_lo = T - s - n if reverse else s
-    gemm_nt(x[t_lo : t_lo + n].reshape(n * B, I), Ww, xw[: n * B])  # these units' rows of W x_t
+    matmul_t(x[t_lo : t_lo + n].reshape(n * B, I), Ww, Ww_p, xw[: n * B])  # these units' rows of W x_t
     for i in range(n):
         for b in range(B):
             for g in range(3):  # sliced operands, indexed by j alone (see _gates_row)
@@ -233,15 +239,19 @@ def _units_inputs(s, T, nblk, reverse, k0, nk, nkmax, x, Ww, b_W, xw, xf):  # no
 
 
 @numba.njit(**{**FLAGS, "inline": "always"})
-def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, b_U, lengths, after, save_states, save_gates, out,
-                hin, hout, rhbuf, u, uh, z, r, ht, flags, phase):  # noqa: ANN001, ANN202
+def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, Up, b_U, lengths, after, save_states, save_gates,
+                out, hin, hout, rhbuf, u, uh, z, r, ht, flags, phase):  # noqa: ANN001, ANN202
     """One step of eqs. (1)-(4) for units ``k0 : k0 + nk`` of every row, with their rows of U
-    (``Uw``, or ``Uzr_w`` and ``Uh_w``; gate blocks of ``nkmax`` rows) and their input side in
+    (``Uw``, or ``Uzr_w`` and ``Uh_w``; gate blocks of ``nkmax`` rows; ``Up`` the panels of the
+    three, see :func:`_panels`) and their input side in
     ``xin`` (B, 3H). Reads the full previous state ``hin``, writes these units of ``hout``.
     ``split``: meet the partner at a barrier when the step is done (and, for reset="before", once
     ``r * h_prev`` is complete). Returns the phase."""
     B, H = hin.shape
-    gemm_nt(hin, Uw if after else Uzr_w, u)  # own rows of U h_prev
+    if after:
+        matmul_t(hin, Uw, Up[0], u)  # own rows of U h_prev
+    else:
+        matmul_t(hin, Uzr_w, Up[1], u)
     for b in range(B):
         _gates_row(xin[b], u[b], b_U, H, k0, nk, nkmax, z[b], r[b])
         if after:
@@ -256,7 +266,7 @@ def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, b_U, lengths, 
         if split:
             phase += 1
             barrier(flags, w, 2, phase)  # every unit of r * h_prev is written
-        gemm_nt(rhbuf, Uh_w, uh)  # (eq. 3b) own rows of U_h (r * h_prev)
+        matmul_t(rhbuf, Uh_w, Up[2], uh)  # (eq. 3b) own rows of U_h (r * h_prev)
     for b in range(B):
         hp_row = hin[b, k0 : k0 + nk]
         hn_row = hout[b, k0 : k0 + nk]
@@ -274,8 +284,8 @@ def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, b_U, lengths, 
 
 @numba.njit(**FLAGS)
 def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
-                          after, save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, flags
-                          ):  # noqa: ANN001, ANN201
+                          after, save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, flags, full_p,
+                          split_p):  # noqa: ANN001, ANN201
     """Worker ``w`` (0 or 1) of the late-join unit split (see above). Worker 0 runs every step: alone
     (all units, ``W``, ``U``/``U_zr``/``U_h``) until worker 1 has arrived, then on units ``0 : H//2``
     (its packed rows ``W_pk[0]``, ``U_pk[0]``, ...); worker 1 runs units ``H//2 : H`` from the join
@@ -283,7 +293,10 @@ def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr
     a block each worker computes its units' input side for the whole block (one small GEMM; a
     T·B·3H product beforehand would need the framework's thread pool, whose spinning threads then
     compete with worker 1 for the second core), and worker 1 can join only there. The state
-    alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev`` (reset="before")."""
+    alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev`` (reset="before").
+    ``full_p`` holds the panels of ``W``, ``U``, ``U_zr``, ``U_h`` (used alone), ``split_p`` those of
+    each worker's packed rows (``W_pk``, ``U_pk``, ``U_zr_pk``, ``U_h_pk``); empty panels mean
+    ``gemm_nt`` on the matrices (:func:`_panels`)."""
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
     out = (y, states, z_s, r_s, ht_s, uh_s)
@@ -308,17 +321,18 @@ def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr
                     join = s
                     store_release(flags, _JOIN, s)  # publishes the state of step s - 1 with it
                 if join < 0:
-                    t_lo = _units_inputs(s, T, nblk, reverse, 0, H, H, x, W, b_W, xw, xf)
+                    t_lo = _units_inputs(s, T, nblk, reverse, 0, H, H, x, W, full_p[0], b_W, xw, xf)
                 else:
-                    t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[0], b_W, xw, xf)
+                    t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[0], split_p[0][0], b_W, xw, xf)
             if join < 0:
-                phase = _units_step(t, 0, False, 0, H, H, xf[t - t_lo], U, U_zr, U_h, b_U, lengths, after,
-                                    save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r,
-                                    ht, flags, phase)
+                phase = _units_step(t, 0, False, 0, H, H, xf[t - t_lo], U, U_zr, U_h, full_p[1:], b_U, lengths,
+                                    after, save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh,
+                                    z, r, ht, flags, phase)
             else:
-                phase = _units_step(t, 0, True, k0, nk, nkh, xf[t - t_lo], U_pk[0], U_zr_pk[0], U_h_pk[0], b_U,
-                                    lengths, after, save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2],
-                                    rhbuf, u, uh, z, r, ht, flags, phase)
+                phase = _units_step(t, 0, True, k0, nk, nkh, xf[t - t_lo], U_pk[0], U_zr_pk[0], U_h_pk[0],
+                                    (split_p[1][0], split_p[2][0], split_p[3][0]), b_U, lengths, after, save_states,
+                                    save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r, ht, flags,
+                                    phase)
         if join < 0:
             store_release(flags, _JOIN, T)  # too late: worker 1 returns as soon as it runs
             h_n[:, :] = hbuf[T % 2]
@@ -333,10 +347,10 @@ def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr
     for s in range(join, T):
         t = T - 1 - s if reverse else s
         if s % nblk == 0:
-            t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[1], b_W, xw, xf)
-        phase = _units_step(t, 1, True, k0, nk, nkh, xf[t - t_lo], U_pk[1], U_zr_pk[1], U_h_pk[1], b_U, lengths,
-                            after, save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r,
-                            ht, flags, phase)
+            t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[1], split_p[0][1], b_W, xw, xf)
+        phase = _units_step(t, 1, True, k0, nk, nkh, xf[t - t_lo], U_pk[1], U_zr_pk[1], U_h_pk[1],
+                            (split_p[1][1], split_p[2][1], split_p[3][1]), b_U, lengths, after, save_states,
+                            save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r, ht, flags, phase)
     h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
     store_release(flags, _DONE, 1)
 
@@ -407,6 +421,22 @@ EARLIEST_JOIN = 0  # the first step at which worker 1 may join (tests move it to
 INPUT_BLOCK = 16  # steps whose input products the unit split computes together (and where worker 1 may join)
 
 
+PANEL_MIN_ROWS_STEPS = 128  # batch rows x steps from which packing the weights into panels is repaid
+
+
+def _panels_repaid(T: int, B: int) -> bool:
+    """Whether a call is long enough to repay packing its weights for :func:`_jitmath.gemm_nn`
+    (packing U costs about eight batch-1 steps' worth of reading it: 17 us at H=128, 74 at 256)."""
+    return T * B >= PANEL_MIN_ROWS_STEPS and not numba.config.DISABLE_JIT
+
+
+def _panels(use: bool, dtype: np.dtype, *mats: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The panels (:func:`_jitmath.pack_panels`) of each matrix a kernel multiplies by, or empty
+    panels (the kernel then runs ``gemm_nt`` on the matrix itself) where ``use`` is false or the
+    call does not use the matrix (``None``)."""
+    return tuple(pack_panels(m) if use and m is not None else no_panels(dtype) for m in mats)
+
+
 def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r,
                     h_tilde, u_h, h_n, helper: bool = True) -> None:  # noqa: ANN001
     """Run the late-join unit split: worker 0 here, worker 1 on the pool's helper thread. Without
@@ -418,13 +448,18 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     U_zr_pk = _pack_unit_rows(U, H, (0, 1)) if not after and helper else one
     U_h_pk = _pack_unit_rows(U, H, (2,)) if not after and helper else one
     W_pk = _pack_unit_rows(W, H, (0, 1, 2)) if helper else one
+    use = _panels_repaid(x.shape[0], x.shape[1])
+    full_p = _panels(use and not helper, U.dtype, W, U if after else None, None if after else U[: 2 * H],
+                     None if after else U[2 * H :])
+    split_p = tuple(np.stack([pack_panels(m[0]), pack_panels(m[1])]) if use and helper and m is not one
+                    else np.zeros((2, *no_panels(U.dtype).shape), U.dtype) for m in (W_pk, U_pk, U_zr_pk, U_h_pk))
     hbuf = np.zeros((3, *h0.shape), h0.dtype)
     hbuf[0] = h0
     flags = np.zeros(6 * SLOT, np.int64)
     flags[_JOIN] = -1
     flags[_EARLIEST] = EARLIEST_JOIN
     args = (INPUT_BLOCK, x, W, W_pk, b_W, h0, U, U[: 2 * H], U[2 * H :], U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
-            after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, flags)
+            after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, flags, full_p, split_p)
     pending = submit_helper(_gru_fwd_units_worker, 1, *args) if helper else None
     flushing_call(_gru_fwd_units_worker, 0, *args)
     if pending is not None and flags[_JOIN] < x.shape[0]:
@@ -435,10 +470,11 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
 # ---------------------------------------------------------------------------------- backward
 @numba.njit(**FLAGS)
 def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, UT_h, lengths, reverse, after,
-                  da, du_h, dh0):  # noqa: ANN001, ANN201
+                  da, du_h, dh0, pk):  # noqa: ANN001, ANN201
     """Recurrent loop of eqs. (5)-(12) for chunk ``c`` of ``n`` of the batch rows, from the last processed step to the
     first. Writes the gate pre-activation gradients ``da`` (T, B, 3H) = [da_z, da_r, da_h],
-    ``du_h`` (reset="after") and ``dh0``. ``UT`` is U^T (H, 3H); ``UT_zr``, ``UT_h`` its blocks."""
+    ``du_h`` (reset="after") and ``dh0``. ``UT`` is U^T (H, 3H); ``UT_zr``, ``UT_h`` its blocks;
+    ``pk`` their panels (:func:`_panels`)."""
     T, B = dy.shape[0], dy.shape[1]
     H = h0.shape[1]
     b0, b1 = c * B // n, (c + 1) * B // n
@@ -490,9 +526,9 @@ def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, U
             else:
                 copy_row(da_h, dah[bb], 0)  # (eq. 10b) du_h = da_h
         if after:
-            gemm_nt(g, UT, tmp)  # (eqs. 10a, 12) U^T [da_z; da_r; du_h]
+            matmul_t(g, UT, pk[0], tmp)  # (eqs. 10a, 12) U^T [da_z; da_r; du_h]
         else:
-            gemm_nt(dah, UT_h, drh)  # (eq. 10b) d(r*h) = U_h^T da_h
+            matmul_t(dah, UT_h, pk[2], drh)  # (eq. 10b) d(r*h) = U_h^T da_h
             for bb in range(nb):
                 b = b0 + bb
                 if t >= lengths[b]:
@@ -506,7 +542,7 @@ def _gru_bwd_rows(c, n, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, UT, UT_zr, U
                     a_r = d_row[k] * hp[k] * rk * (1.0 - rk)  # (eqs. 10b, 11)
                     da_r[k] = a_r
                     g_r[k] = a_r
-            gemm_nt(g, UT_zr, tmp)  # (eq. 12) U_z^T da_z + U_r^T da_r
+            matmul_t(g, UT_zr, pk[1], tmp)  # (eq. 12) U_z^T da_z + U_r^T da_r
         for bb in range(nb):
             c_row, dp_row, t_row = carry[bb], dh_prev[bb], tmp[bb]
             for k in range(H):
@@ -587,12 +623,16 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     t0 = time.perf_counter()
     if path != "rows":
         _fwd_unit_split(x, W, b_W, *rest, helper=path == "units")
-    elif fuse:
-        run_chunks(_gru_fwd_rows, chunks(B), True, x, W, b_W, _unused(x.dtype), *rest)
     else:
-        xp = torch.addmm(torch.from_numpy(b_W), torch.from_numpy(x).view(T * B, I), torch.from_numpy(W).t())
-        run_chunks(_gru_fwd_rows, chunks(B), False, x[:1, :1], W[:1], b_W[:1], xp.numpy().reshape(T, B, 3 * H),
-                   *rest)
+        U, after = rest[1], rest[5]
+        pk = _panels(_panels_repaid(T, B), x.dtype, W if fuse else None, U if after else None,
+                     None if after else U[: 2 * H], None if after else U[2 * H :])
+        if fuse:
+            run_chunks(_gru_fwd_rows, chunks(B), True, x, W, b_W, _unused(x.dtype), *rest, pk)
+        else:
+            xp = torch.addmm(torch.from_numpy(b_W), torch.from_numpy(x).view(T * B, I), torch.from_numpy(W).t())
+            run_chunks(_gru_fwd_rows, chunks(B), False, x[:1, :1], W[:1], b_W[:1], xp.numpy().reshape(T, B, 3 * H),
+                       *rest, pk)
     if tuned:
         TUNER.record(key, path, (time.perf_counter() - t0) / T)
 
@@ -682,10 +722,14 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
     da = _empty((T, B, 3 * H), x)
     du_h = _empty((T, B, H) if after else (1, 1, 1), x)
     dh0 = _empty((B, H), x)
+    UT_np = _np(UT)
+    UT_zr = dummy if after else _np(UT[:, : 2 * H].contiguous())
+    UT_h = dummy if after else _np(UT[:, 2 * H :].contiguous())
+    pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
+                 None if after else UT_h)
     run_chunks(_gru_bwd_rows, chunks(B), _np(dy.contiguous()), _np(dh_n.contiguous()),
-            _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(UT),
-            dummy if after else _np(UT[:, : 2 * H].contiguous()), dummy if after else _np(UT[:, 2 * H :].contiguous()),
-            _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0))
+               _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), UT_np, UT_zr, UT_h,
+               _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0), pk)
     D = da.view(T * B, 3 * H)  # (T·B, 3H)
     dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (eq. 13)
     dW = input_weight_grad(D, x.detach().reshape(T * B, I)) if needs[2] else None  # (eq. 13)
