@@ -98,3 +98,16 @@ def test_gemm_nn_rejects_operands_that_do_not_match():
                     (np.ones((2, 10), np.float32)[:, ::2], np.ones((2, 4), np.float32), 4)):  # A strided
         with pytest.raises(ValueError, match="gemm_nn"):
             gemm_nn(A, P, C, N)
+
+
+@pytest.mark.parametrize("N", [128, 150, 300])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_nn_one_row_four_panels_at_a_time(N, dtype):
+    """A single row goes through four full panels per block, the rest one panel at a time."""
+    rng = np.random.default_rng(N)
+    A, Bm = rng.standard_normal((1, 70)).astype(dtype), rng.standard_normal((N, 70)).astype(dtype)
+    C = np.full((1, N + 1), np.nan, dtype)
+    gemm_nn(A, pack_panels(Bm), C, N)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(C[:, :N], A @ Bm.T, rtol=tol, atol=tol)
+    assert np.isnan(C[0, N])
