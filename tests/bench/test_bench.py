@@ -15,6 +15,7 @@ def test_quick_bench_writes_results_and_readme(tmp_path):
     readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
     assert main(["bench", "--quick", "--out", str(tmp_path / "res"), "--update-readme", str(readme)]) == 0
     data = json.loads((tmp_path / "res" / "bench-quick.json").read_text())
+    assert data["peak_gflops"] == max(data["sgemm_peak_gflops"], data["panel_gemm_peak_gflops"]) > 0
     cases = {r["case"] for r in data["rows"]}
     assert cases == {"streaming", "inference", "training", "mingru"}
     for row in data["rows"]:

@@ -4,8 +4,10 @@ A speed target is a ratio to a peer; whether it is reachable depends on what the
 all. This module measures the two limits the GRU's cases run into and turns them into the best
 ratio any implementation could reach against the peer's measured time:
 
-* **matrix products at the sgemm peak** (training and batch-64 inference): the case's product
-  FLOPs (``gru_flops``) divided by the peak ``torch.mm`` reaches on large square matrices;
+* **matrix products at the peak** (training and batch-64 inference): the case's product FLOPs
+  (``gru_flops``) divided by the matrix-product peak of this machine: the faster of ``torch.mm`` on
+  large square matrices and grulab's panel GEMM (``gemm_nn``) on every thread, cache-resident
+  (:func:`panel_gemm_peak`; on a Zen 4 core it outruns the framework's multi-threaded sgemm);
 * **one step at batch 1** (streaming): the recurrent matrix-vector product ``U h`` reads all of
   ``U`` (3H x H floats) every step, which no cache reuse avoids. Its floor is the faster of one
   thread reading all of ``U`` and two threads each reading half plus the barrier they meet at, both
@@ -22,7 +24,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nt
+from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nn, gemm_nt, pack_panels
 from grulab.engine._pool import run_chunks
 
 
@@ -56,6 +58,23 @@ def matvec_seconds(rows: int, cols: int, reps: int = 2000) -> float:
     out = np.empty((1, rows), np.float32)
     _matvec_loop(U, h, out, 10)
     return _best(lambda: _matvec_loop(U, h, out, reps)) / reps
+
+
+@numba.njit(**FLAGS)
+def _gemm_loop(c, n, A, P, C, reps):  # noqa: ANN001, ANN202
+    for _ in range(reps):
+        gemm_nn(A[c], P[c], C[c], C.shape[2])
+
+
+def panel_gemm_peak(threads: int, M: int = 96, K: int = 256, N: int = 384, reps: int = 200) -> float:
+    """GFLOP/s of grulab's panel GEMM with ``threads`` threads, each on its own cache-resident
+    operands (float32, ``(M, K) @ (K, N)``: the GRU's recurrent products, many rows)."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((threads, M, K), dtype=np.float32)
+    P = np.stack([pack_panels(rng.standard_normal((N, K), dtype=np.float32)) for _ in range(threads)])
+    C = np.empty((threads, M, N), np.float32)
+    run_chunks(_gemm_loop, threads, A, P, C, 2)
+    return threads * reps * 2 * M * N * K / _best(lambda: run_chunks(_gemm_loop, threads, A, P, C, reps)) / 1e9
 
 
 def barrier_seconds(reps: int = 20000) -> float:
