@@ -15,27 +15,35 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS, FTZ_DAZ, gemm_nt, mxcsr
+from grulab.engine._jitmath import FLAGS, FTZ_DAZ, matmul_t, mxcsr, no_panels, pack_panels
 from grulab.engine.cpu import sigmoid, tanh
 
 
 @numba.njit(**FLAGS)
-def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after):  # noqa: ANN001, ANN201
+def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after, W0_p, W_p, U_p, Uzr_p,
+                 Uh_p):  # noqa: ANN001, ANN201
     """One step of an L-layer GRU. ``x (B, I)``; ``h (L, B, H)`` updated in place. In float32 the
     step runs with flush-to-zero on, as the whole-sequence kernels do (see ``_pool.flushing_call``),
     switched here inside the kernel: a call from Python around each step would cost more than the
     step. Operations the compiler might move across the switch only change how values below
-    1.2e-38 round, never the result beyond that."""
+    1.2e-38 round, never the result beyond that. ``W0_p`` ... ``Uh_p`` are the weights' panels
+    (packed once by the stream) for :func:`grulab.engine._jitmath.matmul_t`."""
     L, B, H = h.shape
     mode = mxcsr(-1) if h.itemsize == 4 else -1
     if mode >= 0:
         mxcsr(mode | FTZ_DAZ)
     for layer in range(L):
         inp = x if layer == 0 else h[layer - 1]  # the layer below has already advanced
-        gemm_nt(inp, W0 if layer == 0 else W_rest[layer - 1], xp)  # (B, 3H) W x
+        if layer == 0:
+            matmul_t(inp, W0, W0_p, xp)  # (B, 3H) W x
+        else:
+            matmul_t(inp, W_rest[layer - 1], W_p[layer - 1], xp)
         hl = h[layer]
         Ul = U[layer]
-        gemm_nt(hl, Ul if after else Ul[: 2 * H], u)  # (B, 3H | 2H) U h_prev
+        if after:
+            matmul_t(hl, Ul, U_p[layer], u)  # (B, 3H) U h_prev
+        else:
+            matmul_t(hl, Ul[: 2 * H], Uzr_p[layer], u)  # (B, 2H)
         bW = b_W[layer]
         bU = b_U[layer]
         for b in range(B):
@@ -48,7 +56,7 @@ def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after):  # noqa: 
                 else:
                     rh[b, k] = r * hl[b, k]
         if not after:
-            gemm_nt(rh, Ul[2 * H :], uh)  # (eq. 3b) U_h (r h_prev)
+            matmul_t(rh, Ul[2 * H :], Uh_p[layer], uh)  # (eq. 3b) U_h (r h_prev)
         for b in range(B):
             for k in range(H):
                 if after:
@@ -104,6 +112,17 @@ class GRUStream:
             zeros = np.zeros(3 * H, np_dtype)
             self._b_W = np.stack([as_np(p[2]) if p[2] is not None else zeros for p in params])
             self._b_U = np.stack([as_np(p[3]) if p[3] is not None else zeros for p in params])
+        # panels of every weight matrix, packed once here (per-call packing would cost a step's
+        # worth); stacked per layer, or empty where a candidate does not use them
+        def stack(mats: list[np.ndarray]) -> np.ndarray:
+            if not mats:
+                return np.zeros((1, *no_panels(np_dtype).shape), np_dtype)
+            return np.stack([pack_panels(m) for m in mats])
+
+        self._panels = (pack_panels(self._W0), stack(list(self._W_rest) if L > 1 else []),
+                        stack(list(self._U) if self.after else []),
+                        stack([] if self.after else [u[: 2 * H] for u in self._U]),
+                        stack([] if self.after else [u[2 * H :] for u in self._U]))
         self._h = np.zeros((L, B, H), np_dtype)
         self._xp = np.empty((B, 3 * H), np_dtype)
         self._u = np.empty((B, 3 * H if self.after else 2 * H), np_dtype)
@@ -135,7 +154,7 @@ class GRUStream:
         elif squeeze:
             arr = arr.reshape(1, self.input_size)
         _stream_step(arr, self._W0, self._W_rest, self._U, self._b_W, self._b_U, self._h, self._xp, self._u,
-                     self._rh, self._uh, self.after)
+                     self._rh, self._uh, self.after, *self._panels)
         return self._out_1d if squeeze else self._out
 
     @property
