@@ -94,11 +94,21 @@ def _lengths(with_lengths, T, B, seed):
     return torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(seed)) if with_lengths else None
 
 
-@given(ln=st.booleans(), **shapes, **options)
-def test_float64_matches_reference(ln, T, B, I, H, reset, reverse, with_lengths, bias, m_x, m_h, zoneout, seed):
+@given(ln=st.booleans(), panels=st.booleans(), **shapes, **options)
+def test_float64_matches_reference(ln, panels, T, B, I, H, reset, reverse, with_lengths, bias, m_x, m_h, zoneout,
+                                   seed):
+    """Random shapes; with ``panels`` the recurrent products go through packed panels (``gemm_nn``)
+    even for these short calls."""
+    from grulab.engine import cpu
+
     case = make_case(T, B, I, H, bias=bias, ln=ln, m_x=m_x, m_h=m_h, zoneout=zoneout, seed=seed,
                      init_scale=seed % 2 == 0)
-    compare(case, reset, _lengths(with_lengths, T, B, seed), reverse, ENGINE_MATCH[torch.float64], bias)
+    saved = cpu.PANEL_MIN_ROWS_STEPS
+    cpu.PANEL_MIN_ROWS_STEPS = 1 if panels else 10**9
+    try:
+        compare(case, reset, _lengths(with_lengths, T, B, seed), reverse, ENGINE_MATCH[torch.float64], bias)
+    finally:
+        cpu.PANEL_MIN_ROWS_STEPS = saved
 
 
 @given(**shapes, **options)

@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 
 from grulab.cells.lngru import DEFAULT_EPS
-from grulab.engine._jitmath import FLAGS, gemm_nt
+from grulab.engine._jitmath import FLAGS, matmul_t
 from grulab.engine._pool import chunks, run_chunks
-from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid, tanh
+from grulab.engine.cpu import _lengths_np, _np, _panels, _panels_repaid, input_weight_grad, sigmoid, tanh
 from grulab.engine.dispatch import grad_needed
 from grulab.runtime import opaque_to_compiler
 
@@ -145,7 +145,7 @@ def _keep(zmode, zd, zp, t, b, k):  # noqa: ANN001, ANN201
 @numba.njit(**FLAGS)
 def _variant_fwd_rows(c, nchunks, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd, zmode, zp, lengths, reverse,
                       after, save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s,
-                      h_n):  # noqa: ANN001, ANN201
+                      h_n, pk):  # noqa: ANN001, ANN201
     """Recurrent loop of (V1)-(V3), (Z1)-(Z2), (N3)-(N6) for chunk ``c`` of ``nchunks`` of the batch
     rows. ``xp`` (T, B, 3H) holds the input side of every gate; writes ``y``, ``h_n`` and, when
     asked, the states, the gates and (layer norm) the normalised recurrent terms ``n_s`` (T, B, 3H)
@@ -172,7 +172,10 @@ def _variant_fwd_rows(c, nchunks, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd,
         for bb in range(nb):
             for k in range(H):
                 hm[bb, k] = h[bb, k] * m_h[b0 + bb, k] if use_mh else h[bb, k]  # (V1)
-        gemm_nt(hm, U if after else U_zr, q)  # (nb, 3H|2H) = ĥ U^T
+        if after:
+            matmul_t(hm, U, pk[0], q)  # (nb, 3H) = ĥ U^T
+        else:
+            matmul_t(hm, U_zr, pk[1], q)  # (nb, 2H)
         for bb in range(nb):
             b = b0 + bb
             if t >= lengths[b]:
@@ -190,7 +193,7 @@ def _variant_fwd_rows(c, nchunks, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd,
                 if not after:
                     rh[bb, k] = r[bb, k] * hm[bb, k]
         if not after:
-            gemm_nt(rh, U_h, qh)  # (eq. 3b), (N5b) U_h (r ⊙ ĥ)
+            matmul_t(rh, U_h, pk[2], qh)  # (eq. 3b), (N5b) U_h (r ⊙ ĥ)
             for bb in range(nb):
                 b = b0 + bb
                 if t >= lengths[b]:
@@ -244,7 +247,7 @@ def _variant_fwd_rows(c, nchunks, xp, h0, U, b_U, g_U, eps, ln, m_h, use_mh, zd,
 # ---------------------------------------------------------------------------------- backward
 @numba.njit(**FLAGS)
 def _variant_bwd_rows(c, nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_s, rstd_s, g_U, ln, m_h, use_mh,
-                      zd, zmode, zp, UT, UT_zr, UT_h, lengths, reverse, after, da, dq, srec,
+                      zd, zmode, zp, UT, UT_zr, UT_h, lengths, reverse, after, da, dq, srec, pk,
                       sums):  # noqa: ANN001, ANN201
     """Recurrent loop of (V5)-(V7), (N7) for chunk ``c`` of ``nchunks`` of the batch rows, from the
     last processed step to the first. Writes ``da`` (T, B, 3H) = ``[da_z, da_r, da_h]`` (input
@@ -323,9 +326,9 @@ def _variant_bwd_rows(c, nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_
                     dq[t, b, q] = gq[bb, q]
                 _accumulate(acc, gu[bb], n_s[t, b] if ln else n_s[0, 0], da[t, b], ln)
         if after:
-            gemm_nt(gq, UT, dhm)  # (V6) U^T dq
+            matmul_t(gq, UT, pk[0], dhm)  # (V6) U^T dq
         else:
-            gemm_nt(dqh, UT_h, drh)  # (eq. 10b) d(r ⊙ ĥ) = U_h^T dq_h
+            matmul_t(dqh, UT_h, pk[2], drh)  # (eq. 10b) d(r ⊙ ĥ) = U_h^T dq_h
             for bb in range(nb):
                 b = b0 + bb
                 if t >= lengths[b]:
@@ -349,7 +352,7 @@ def _variant_bwd_rows(c, nchunks, dy, dh_n, h0, states, z_s, r_s, ht_s, uh_s, n_
                 for k in range(H):
                     dq[t, b, 2 * H + k] = dqh[bb, k]
                 _accumulate(acc, gu[bb], n_s[t, b] if ln else n_s[0, 0], da[t, b], ln)
-            gemm_nt(gq, UT_zr, dhm)  # (eq. 12) U_z^T dq_z + U_r^T dq_r
+            matmul_t(gq, UT_zr, pk[1], dhm)  # (eq. 12) U_z^T dq_z + U_r^T dq_r
             for bb in range(nb):
                 for k in range(H):
                     dhm[bb, k] += dhr[bb, k]
@@ -415,11 +418,15 @@ def variant_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None,
     z, r, h_tilde, u_h = (torch.empty(gate_shape, dtype=dt) for _ in range(4))
     n_U = torch.empty((T, B, 3 * H) if training and ln else (1, 1, 1), dtype=dt)
     rstd_U = torch.empty((T, B, 3) if training and ln else (1, 1, 1), dtype=dt)
+    U_np = _np(U.detach().contiguous())
+    after = opts.reset == "after"
+    pk = _panels(_panels_repaid(T, B), U_np.dtype, U_np if after else None, None if after else U_np[: 2 * H],
+                 None if after else U_np[2 * H :])
     run_chunks(_variant_fwd_rows, chunks(B), _np(xp.view(T, B, 3 * H)),
-                 _np(h0.detach().contiguous()), _np(U.detach().contiguous()), _np(b_U_), _np(g_U_), float(opts.eps),
-                 ln, *_masks(m_h, d, opts, dt), _lengths_np(lengths, B, T), opts.reverse, opts.reset == "after",
+                 _np(h0.detach().contiguous()), U_np, _np(b_U_), _np(g_U_), float(opts.eps),
+                 ln, *_masks(m_h, d, opts, dt), _lengths_np(lengths, B, T), opts.reverse, after,
                  save_states, training, _np(y), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U),
-                 _np(rstd_U), _np(h_n))
+                 _np(rstd_U), _np(h_n), pk)
     if not training:
         return y, h_n, ()
     return y, h_n, (states if save_states else y, z, r, h_tilde, u_h, n_U, rstd_U, n_W, rstd_W)
@@ -445,12 +452,16 @@ def variant_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: T
     dh0 = dh_n.detach().clone().contiguous()  # the kernel turns it into dh0 in place
     n = chunks(B)
     sums = torch.zeros((n, 3, 3 * H), dtype=dt)  # per chunk: Σ du, Σ du ⊙ n_U, Σ da
+    UT_np = _np(UT)
+    UT_zr = dummy if after else _np(UT[:, : 2 * H].contiguous())
+    UT_h = dummy if after else _np(UT[:, 2 * H :].contiguous())
+    pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
+                 None if after else UT_h)
     run_chunks(_variant_bwd_rows, n, _np(dy.contiguous()), _np(dh0),
                  _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U),
                  _np(rstd_U), _np(g_U.detach().contiguous() if ln else _dummy(dt, 1)), ln,
-                 *_masks(m_h, d, opts, dt), _np(UT), dummy if after else _np(UT[:, : 2 * H].contiguous()),
-                 dummy if after else _np(UT[:, 2 * H :].contiguous()), _lengths_np(lengths, B, T), opts.reverse,
-                 after, _np(da), _np(dq), _np(srec), _np(sums))
+                 *_masks(m_h, d, opts, dt), UT_np, UT_zr, UT_h, _lengths_np(lengths, B, T), opts.reverse,
+                 after, _np(da), _np(dq), _np(srec), pk, _np(sums))
     sum_du, sum_du_n, sum_da = sums.sum(0)
     D = da.view(T * B, 3 * H)  # input side [da_z, da_r, da_h]
     db_W = sum_da if b_W is not None else None  # (V8), (N8)
