@@ -38,6 +38,7 @@ from torch import Tensor
 
 from grulab.engine._jitmath import (
     FLAGS,
+    MATVEC_PANELS_FROM,
     SLOT,
     barrier,
     copy_row,
@@ -448,11 +449,16 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     U_zr_pk = _pack_unit_rows(U, H, (0, 1)) if not after and helper else one
     U_h_pk = _pack_unit_rows(U, H, (2,)) if not after and helper else one
     W_pk = _pack_unit_rows(W, H, (0, 1, 2)) if helper else one
-    use = _panels_repaid(x.shape[0], x.shape[1])
-    full_p = _panels(use and not helper, U.dtype, W, U if after else None, None if after else U[: 2 * H],
-                     None if after else U[2 * H :])
-    split_p = tuple(np.stack([pack_panels(m[0]), pack_panels(m[1])]) if use and helper and m is not one
-                    else np.zeros((2, *no_panels(U.dtype).shape), U.dtype) for m in (W_pk, U_pk, U_zr_pk, U_h_pk))
+    B = x.shape[1]
+    use = _panels_repaid(x.shape[0], B)
+    # one row multiplies U by gemm_nt while U fits in L2 (matmul_t): no panels packed for it then
+    use_u = use and (B > 1 or U.nbytes // (1 if not helper else 2) >= MATVEC_PANELS_FROM)
+    full_p = (*_panels(use and not helper, U.dtype, W),
+              *_panels(use_u and not helper, U.dtype, U if after else None, None if after else U[: 2 * H],
+                       None if after else U[2 * H :]))
+    split_p = tuple(np.stack([pack_panels(m[0]), pack_panels(m[1])]) if ok and helper and m is not one
+                    else np.zeros((2, *no_panels(U.dtype).shape), U.dtype)
+                    for m, ok in ((W_pk, use), (U_pk, use_u), (U_zr_pk, use_u), (U_h_pk, use_u)))
     hbuf = np.zeros((3, *h0.shape), h0.dtype)
     hbuf[0] = h0
     flags = np.zeros(6 * SLOT, np.int64)
@@ -625,8 +631,11 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
         _fwd_unit_split(x, W, b_W, *rest, helper=path == "units")
     else:
         U, after = rest[1], rest[5]
-        pk = _panels(_panels_repaid(T, B), x.dtype, W if fuse else None, U if after else None,
-                     None if after else U[: 2 * H], None if after else U[2 * H :])
+        use = _panels_repaid(T, B)
+        use_u = use and (B > 1 or U.nbytes >= MATVEC_PANELS_FROM)  # one row: gemm_nt while U fits in L2
+        pk = (*_panels(use, x.dtype, W if fuse else None),
+              *_panels(use_u, x.dtype, U if after else None, None if after else U[: 2 * H],
+                       None if after else U[2 * H :]))
         if fuse:
             run_chunks(_gru_fwd_rows, chunks(B), True, x, W, b_W, _unused(x.dtype), *rest, pk)
         else:
