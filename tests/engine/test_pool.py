@@ -64,3 +64,27 @@ def test_a_forked_child_gets_fresh_threads(monkeypatch):
         p.kill()
         pytest.fail("the forked child hung in run_chunks")
     assert p.exitcode == 0 and q.get(timeout=5) == expected
+
+
+def test_stale_kernel_caches_are_dropped_when_an_engine_source_is_newer(tmp_path):
+    """Numba's cache of a kernel does not notice edits to the files it compiles code from; the
+    package drops cache files older than the newest engine source when it is imported."""
+    import os
+
+    from grulab.engine import _drop_stale_kernel_caches
+
+    (tmp_path / "engine" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "other" / "__pycache__").mkdir(parents=True)
+    old = [tmp_path / "engine" / "__pycache__" / "cpu.k-1.py311.nbi", tmp_path / "other" / "__pycache__" / "b.k-2.nbc"]
+    fresh = tmp_path / "engine" / "__pycache__" / "cpu.k-3.py311.nbi"
+    keep = tmp_path / "engine" / "__pycache__" / "cpu.cpython-311.pyc"
+    for f in (*old, fresh, keep):
+        f.write_text("x")
+    src = tmp_path / "engine" / "_jitmath.py"
+    src.write_text("# edited")
+    for f in (*old, keep):
+        os.utime(f, (1000, 1000))
+    os.utime(src, (2000, 2000))
+    os.utime(fresh, (3000, 3000))
+    assert _drop_stale_kernel_caches(tmp_path) == 2
+    assert not any(f.exists() for f in old) and fresh.exists() and keep.exists()
