@@ -133,16 +133,19 @@ class GRUStream:
         # the views step() returns, made once (indexing a tensor costs about a microsecond per step)
         self._out, self._out_1d = self._h_t[-1], self._h_t[-1, 0]
         self._np_dtype = np_dtype
+        self._shapes = ((B, self.input_size),) + (((self.input_size,),) if B == 1 else ())  # step()'s inputs
 
     def step(self, x_t: Tensor | np.ndarray) -> Tensor:
         """Advance every layer by one step; returns the last layer's state (a view, see class doc)."""
         if isinstance(x_t, Tensor):  # any float dtype (bfloat16 under autocast): the state stays in the model's
-            arr = x_t.detach().to("cpu", self.dtype if x_t.is_floating_point() else x_t.dtype).numpy()
+            if x_t.dtype == self.dtype and x_t.is_cpu:  # already what the kernel reads: no conversion call
+                arr = x_t.detach().numpy()
+            else:
+                arr = x_t.detach().to("cpu", self.dtype if x_t.is_floating_point() else x_t.dtype).numpy()
         else:
             arr = np.asarray(x_t)
         squeeze = arr.ndim == 1
-        if arr.shape not in ((self.batch_size, self.input_size),) + (((self.input_size,),) if self.batch_size == 1
-                                                                      else ()):
+        if arr.shape not in self._shapes:
             raise ValueError(f"x_t must have shape ({self.batch_size}, {self.input_size})"
                              + (f" or ({self.input_size},)" if self.batch_size == 1 else "")
                              + f", got {arr.shape}")
