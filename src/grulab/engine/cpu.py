@@ -431,6 +431,12 @@ def _panels_repaid(T: int, B: int) -> bool:
     return T * B >= PANEL_MIN_ROWS_STEPS and not numba.config.DISABLE_JIT
 
 
+def _u_panels_used(use: bool, rows: int, U: np.ndarray) -> bool:
+    """Whether a kernel's product with (its part of) ``U`` reads panels: :func:`_jitmath.matmul_t`
+    gives a single row ``gemm_nt`` while ``U`` fits in L2, so none are packed for it then."""
+    return use and (rows > 1 or U.nbytes >= MATVEC_PANELS_FROM)
+
+
 def _panels(use: bool, dtype: np.dtype, *mats: np.ndarray | None) -> tuple[np.ndarray, ...]:
     """The panels (:func:`_jitmath.pack_panels`) of each matrix a kernel multiplies by, or empty
     panels (the kernel then runs ``gemm_nt`` on the matrix itself) where ``use`` is false or the
@@ -451,8 +457,7 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     W_pk = _pack_unit_rows(W, H, (0, 1, 2)) if helper else one
     B = x.shape[1]
     use = _panels_repaid(x.shape[0], B)
-    # one row multiplies U by gemm_nt while U fits in L2 (matmul_t): no panels packed for it then
-    use_u = use and (B > 1 or U.nbytes // (1 if not helper else 2) >= MATVEC_PANELS_FROM)
+    use_u = _u_panels_used(use, B, U_pk[0] if helper and after else U)
     full_p = (*_panels(use and not helper, U.dtype, W),
               *_panels(use_u and not helper, U.dtype, U if after else None, None if after else U[: 2 * H],
                        None if after else U[2 * H :]))
@@ -632,7 +637,7 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     else:
         U, after = rest[1], rest[5]
         use = _panels_repaid(T, B)
-        use_u = use and (B > 1 or U.nbytes >= MATVEC_PANELS_FROM)  # one row: gemm_nt while U fits in L2
+        use_u = _u_panels_used(use, B, U)
         pk = (*_panels(use, x.dtype, W if fuse else None),
               *_panels(use_u, x.dtype, U if after else None, None if after else U[: 2 * H],
                        None if after else U[2 * H :]))
