@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from grulab.cells.gru import check_reset, gru_cell, gru_step_jacobian
 from grulab.cells.lstm import lstm_step_jacobian
 from grulab.cells.rnn import check_nonlinearity, rnn_step_jacobian
-from grulab.engine.dispatch import BACKENDS, gru_sequence
+from grulab.engine.dispatch import BACKENDS, grad_needed, gru_sequence
 from grulab.engine.native import native_run
 from grulab.engine.reference import lstm_ref, rnn_ref
 from grulab.init import check_init, init_direction_
@@ -416,20 +416,19 @@ class GRU(_Recurrent):
             return False
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
-        return not torch.is_grad_enabled() or not (
-            x.requires_grad or h0.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return not grad_needed(x, h0, *self.parameters())
 
     def _run_arrays(self, x: Tensor, h0: Tensor) -> tuple[Tensor, State]:
         """Inference on arrays: every layer and direction through ``engine.cpu.forward_arrays``,
         the same kernels and values as the autograd path without its per-call tensor plumbing (on
         this 2-vCPU machine, after an idle spell, that plumbing cost about as much as a 10-step
         batch-1 forward's kernel; see docs/performance.md)."""
-        from grulab.engine.cpu import forward_arrays
+        from grulab.engine.cpu import _array, forward_arrays
 
         D = self.num_directions
-        arrays = lambda t: None if t is None else t.detach().contiguous().numpy()  # noqa: E731
-        layer_input = arrays(x)
-        h0_all = arrays(h0)
+        arrays = lambda t: None if t is None else _array(t)  # noqa: E731
+        layer_input = _array(x)
+        h0_all = _array(h0)
         h_n = np.empty_like(h0_all)
         for layer in range(self.num_layers):
             outs = []

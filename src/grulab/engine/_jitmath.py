@@ -8,7 +8,10 @@
   ``tanh32 = 2 sigmoid32(2x) - 1`` (absolute error <= 2e-7). NaN inputs give NaN outputs.
 * ``sigmoid64``/``tanh64``: exact libm forms for float64, the accuracy path.
 * ``gemm_nt(A, Bm, C)``: ``C = A @ Bm.T`` with both operands contiguous along the reduction
-  axis; 4x2 register tiles, one vector accumulator per output, reduced at the end.
+  axis; 6x2 and 4x2 register tiles, one vector accumulator per output, reduced at the end.
+* ``gemm_nn(A, P, C, N)``: the same product from ``Bm`` packed into panels (``pack_panels``):
+  6-row x 2-vector blocks of outputs in registers, emitted as LLVM vector IR, no reduction;
+  ``matmul_t`` picks between the two.
 * ``copy_row(src, dst, k0)``: a row copy without Numba's overlap check (which allocates).
 * ``barrier``/``wait_until``: spin waits between the two workers of the unit split (atomic
   acquire/release on an int64 array, ``pause``, then ``sched_yield``).

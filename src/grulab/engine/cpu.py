@@ -8,7 +8,7 @@ forward
        its rows inside the loop below (the same products, no T·B·3H buffer through memory).
     2. ``_gru_fwd_rows``: the recurrent loop in compiled code (nogil), one chunk of batch rows per
        thread of :mod:`grulab.engine._pool` (rows are independent: threads never synchronise).
-       Each step is a small GEMM ``h_prev U^T`` (``_jitmath.gemm_nt``) fused with the gate
+       Each step is a small GEMM ``h_prev U^T`` (``_jitmath.matmul_t``) fused with the gate
        equations (1)-(4). For a small batch (one chunk), :class:`PathTuner` picks by measured speed
        among this and ``_gru_fwd_units_worker`` (its own input products in blocks of steps), alone
        or with a helper thread that joins late and takes half of the hidden units.
