@@ -226,11 +226,15 @@ class _Recurrent(nn.Module):
             check_finite_tensor(name, h)
         return h if batched else h.unsqueeze(1)
 
-    def _check_hx(self, hx: Any, B: int, batched: bool, x: Tensor) -> State:
+    def _zero_state(self, x: Tensor) -> State:
+        """The initial state when ``hx`` is not given (made only by a path that needs a tensor)."""
+        z = torch.zeros(self.num_layers * self.num_directions, x.shape[1], self.hidden_size, dtype=x.dtype,
+                        device=x.device)
+        return (z,) * self.state_parts
+
+    def _check_hx(self, hx: Any, B: int, batched: bool, x: Tensor) -> State | None:
         if hx is None:
-            z = torch.zeros(self.num_layers * self.num_directions, B, self.hidden_size,
-                            dtype=x.dtype, device=x.device)
-            return (z,) * self.state_parts
+            return None  # zeros: see _zero_state
         if self.state_parts == 1:
             return (self._check_state("hx", hx, B, batched, x),)
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -296,7 +300,9 @@ class _Recurrent(nn.Module):
         data = pack_padded_sequence(y_sorted, lengths, enforce_sorted=True).data
         return PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
-    def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+    def _run(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if state is None:
+            state = self._zero_state(x)
         D = self.num_directions
         layer_input = x
         finals: list[State] = []
@@ -392,9 +398,12 @@ class GRU(_Recurrent):
             return True
         return self.backend == "auto" and x.device.type == "cuda" and self.reset == "after"
 
-    def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
-        if lengths is None and self._inference_only(x, state[0]):
-            return self._run_arrays(x, state[0])
+    def _run(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+        h0 = None if state is None else state[0]
+        if lengths is None and self._inference_only(x, h0):
+            return self._run_arrays(x, h0)
+        if state is None:
+            state = self._zero_state(x)
         if not self._native(x, lengths):
             return super()._run(x, state, lengths)
         from grulab.interop import gru_to_torch_layout
@@ -405,7 +414,7 @@ class GRU(_Recurrent):
                           dropout=self.dropout, training=self.training, bidirectional=self.bidirectional,
                           lengths=lengths)
 
-    def _inference_only(self, x: Tensor, h0: Tensor) -> bool:
+    def _inference_only(self, x: Tensor, h0: Tensor | None) -> bool:
         """Whether this call can take the array path: the fused CPU engine would run, no backward
         can follow (grad mode off, or nothing requires a gradient), no dropout is drawn, and no
         tracer or compiler is recording the call."""
@@ -416,9 +425,10 @@ class GRU(_Recurrent):
             return False
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
-        return not grad_needed(x, h0, *self.parameters())
+        params = self._parameters.values() if not self._modules else self.parameters()  # no generator walk
+        return not grad_needed(x, h0, *params)
 
-    def _run_arrays(self, x: Tensor, h0: Tensor) -> tuple[Tensor, State]:
+    def _run_arrays(self, x: Tensor, h0: Tensor | None) -> tuple[Tensor, State]:
         """Inference on arrays: every layer and direction through ``engine.cpu.forward_arrays``,
         the same kernels and values as the autograd path without its per-call tensor plumbing (on
         this 2-vCPU machine, after an idle spell, that plumbing cost about as much as a 10-step
@@ -428,7 +438,8 @@ class GRU(_Recurrent):
         D = self.num_directions
         arrays = lambda t: None if t is None else _array(t)  # noqa: E731
         layer_input = _array(x)
-        h0_all = _array(h0)
+        h0_all = (np.zeros((self.num_layers * D, x.shape[1], self.hidden_size), layer_input.dtype) if h0 is None
+                  else _array(h0))
         h_n = np.empty_like(h0_all)
         for layer in range(self.num_layers):
             outs = []
@@ -458,7 +469,9 @@ class _NativeStack(_Recurrent):
     backends = ("auto", "reference", "native")
     native_mode: ClassVar[str]
 
-    def _run(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+    def _run(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if state is None:
+            state = self._zero_state(x)
         if self.backend == "reference" or (lengths is not None and bool((lengths == 0).any())):
             return super()._run(x, state, lengths)
         weights = [p for layer in range(self.num_layers) for d in range(self.num_directions)

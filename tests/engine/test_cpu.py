@@ -153,26 +153,15 @@ def _force_unit_split(monkeypatch, helper: str, earliest: int = 0) -> list:
     monkeypatch.setattr(cpu, "INPUT_BLOCK", 3)  # input products in blocks of 3 steps: a partial last block
     joins = []
 
-    class Never:
-        def result(self):
-            raise AssertionError("worker 0 waited for a helper that never joined")
-
     def submit(kernel, *args):
-        flags = args[-3]  # (..., hbuf, flags, full_p, split_p)
+        flags = args[-1]  # (..., hbuf, flags)
         joins.append(flags)
         if helper == "never":
-            return Never()
-        done = threading.Event()
-        th = threading.Thread(target=lambda: (kernel(*args), done.set()))
+            return
+        th = threading.Thread(target=kernel, args=args, daemon=True)
         th.start()
         while flags[cpu._ARRIVE] == 0:  # worker 1 is running before worker 0 starts
             pass
-
-        class Joined:
-            def result(self):
-                th.join()
-
-        return Joined()
 
     monkeypatch.setattr(cpu, "submit_helper", submit)
     return joins
@@ -214,10 +203,10 @@ def test_unit_split_helper_arriving_after_the_end_is_harmless(monkeypatch):
     args = make_args(12, 1, 3, 100, torch.float64)
     compare(args, "after", None, False, "cpu", torch.float64)
     for kernel, a in late:
-        y = a[19].copy()  # (w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
-        #                  after, save_states, save_gates, y, ...)
+        y = a[15].copy()  # (w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after,
+        #                  save_states, save_gates, y, ..., hbuf, flags)
         kernel(*a)  # the helper runs now: the join step says "finished", it returns
-        assert a[-3][cpu._JOIN] == 12 and np.array_equal(a[19], y)
+        assert a[-1][cpu._JOIN] == 12 and np.array_equal(a[15], y)
 
 
 def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():

@@ -6,7 +6,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numba import njit
 
-from grulab.engine._jitmath import exp32, gemm_nn, gemm_nt, pack_panels, panel_width, sigmoid32, tanh32
+from grulab.engine._jitmath import (
+    MATVEC_PANELS_FROM,
+    exp32,
+    gemm_nn,
+    gemm_nt,
+    pack_panels,
+    pack_panels_into,
+    panel_width,
+    panels_if,
+    sigmoid32,
+    tanh32,
+)
 
 
 @njit
@@ -86,6 +97,26 @@ def test_gemm_nn_from_panels_matches_numpy(M, N, K, extra, dtype):
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(C[:, :N], A @ Bm.T, rtol=tol, atol=tol)
     assert np.isnan(C[:, N:]).all()
+
+
+@given(N=st.integers(1, 80), K=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]))
+def test_compiled_packing_matches_pack_panels(N, K, dtype):
+    """The kernels' own packing gives pack_panels' layout (zero-padded columns included)."""
+    Bm = np.random.default_rng(N * 50 + K).standard_normal((N, K)).astype(dtype)
+    P = np.full(pack_panels(Bm).shape, np.nan, dtype)
+    pack_panels_into(Bm, P)
+    np.testing.assert_array_equal(P, pack_panels(Bm))
+    np.testing.assert_array_equal(panels_if(Bm, True, 2), pack_panels(Bm))
+
+
+def test_compiled_packing_follows_matmul_t_rule():
+    """No panels unless used: not when switched off, not for one row by a matrix that fits L2."""
+    small = np.ones((64, 64), np.float32)
+    big = np.ones((MATVEC_PANELS_FROM // (4 * 64), 64), np.float32)
+    assert panels_if(small, False, 8).shape[0] == 0 and panels_if(small, True, 1).shape[0] == 0
+    assert panels_if(small, True, 2).shape[0] == 2 and panels_if(big, True, 1).shape[0] > 0
+    with pytest.raises(ValueError, match="pack_panels_into"):
+        pack_panels_into(small, np.zeros((1, 64, 32), np.float32))  # 32 columns of panels for 64 rows
 
 
 def test_gemm_nn_rejects_operands_that_do_not_match():

@@ -245,6 +245,7 @@ def _tile1x1(A, Bm, C, i, j):  # noqa: ANN001, ANN202
 # fused multiply-add chain over k in order, whatever the block shape: the results do not depend
 # on how rows are blocked or split over threads.
 PANEL_VECTORS = 2  # vectors of 64 bytes per panel row: 32 float32 or 16 float64 columns
+MATVEC_PANELS_FROM = 512 * 1024  # bytes of Bm from which one row goes through the panels too
 
 
 def panel_width(dtype: np.dtype) -> int:
@@ -269,6 +270,38 @@ def pack_panels(Bm: np.ndarray) -> np.ndarray:
 def no_panels(dtype: np.dtype) -> np.ndarray:
     """An empty panel array: tells :func:`matmul_t` to use ``gemm_nt`` on the plain matrix."""
     return np.zeros((0, 1, panel_width(dtype)), dtype)
+
+
+@njit(**FLAGS)
+def pack_panels_into(Bm, P):  # noqa: ANN001, ANN201
+    """:func:`pack_panels` in compiled code, into ``P`` (a kernel packs its own weights: on this
+    machine each NumPy call of a per-call packing cost tens of microseconds after an idle spell)."""
+    N, K = Bm.shape
+    NR = P.shape[2]
+    if P.shape[0] * NR < N or P.shape[1] != K:
+        raise ValueError("pack_panels_into: the panel array does not fit the matrix")
+    for p in range(P.shape[0]):
+        for c in range(NR):
+            n = p * NR + c
+            if n < N:
+                row = Bm[n]
+                for k in range(K):
+                    P[p, k, c] = row[k]
+            else:
+                for k in range(K):
+                    P[p, k, c] = 0.0
+
+
+@njit(**FLAGS)
+def panels_if(Bm, use, rows):  # noqa: ANN001, ANN201
+    """The panels of ``Bm`` when a product of ``rows`` rows by it reads them (``use`` and
+    :func:`matmul_t`'s rule), else empty panels: the compiled counterpart of packing per call."""
+    NR = PANEL_VECTORS * 64 // Bm.itemsize
+    if use and (rows > 1 or Bm.size * Bm.itemsize >= MATVEC_PANELS_FROM):
+        P = np.empty((-(-Bm.shape[0] // NR), Bm.shape[1], NR), Bm.dtype)
+        pack_panels_into(Bm, P)
+        return P
+    return np.zeros((0, 1, NR), Bm.dtype)
 
 
 if numba.config.DISABLE_JIT:
@@ -405,9 +438,6 @@ else:
                 _pb2(A, P, C, i, p, nc)
             elif r == 1:
                 _pb1(A, P, C, i, p, nc)
-
-
-MATVEC_PANELS_FROM = 512 * 1024  # bytes of Bm from which one row goes through the panels too
 
 
 @njit(**{**FLAGS, "inline": "always"})

@@ -46,6 +46,7 @@ from grulab.engine._jitmath import (
     matmul_t,
     no_panels,
     pack_panels,
+    panels_if,
     sigmoid32,
     sigmoid64,
     store_release,
@@ -284,24 +285,35 @@ def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, Up, b_U, lengt
 
 
 @numba.njit(**FLAGS)
-def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
-                          after, save_states, save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, flags, full_p,
-                          split_p):  # noqa: ANN001, ANN201
+def _unit_rows(M, H, k0, nk, g0, ng):  # noqa: ANN001, ANN201
+    """Rows ``k0 : k0 + nk`` of gate blocks ``g0 .. g0 + ng - 1`` of ``M`` (3H rows), in blocks of
+    ``ceil(H / 2)`` rows (zero-padded): one worker's rows of W or U, contiguous for one product."""
+    nkmax = H - H // 2
+    out = np.zeros((ng * nkmax, M.shape[1]), M.dtype)
+    for i in range(ng):
+        g = g0 + i
+        out[i * nkmax : i * nkmax + nk] = M[g * H + k0 : g * H + k0 + nk]
+    return out
+
+
+@numba.njit(**FLAGS)
+def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
+                          save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, flags):  # noqa: ANN001, ANN201
     """Worker ``w`` (0 or 1) of the late-join unit split (see above). Worker 0 runs every step: alone
-    (all units, ``W``, ``U``/``U_zr``/``U_h``) until worker 1 has arrived, then on units ``0 : H//2``
-    (its packed rows ``W_pk[0]``, ``U_pk[0]``, ...); worker 1 runs units ``H//2 : H`` from the join
-    step on, or nothing if worker 0 finished first. Steps go in blocks of ``nblk``: at the start of
-    a block each worker computes its units' input side for the whole block (one small GEMM; a
-    T·B·3H product beforehand would need the framework's thread pool, whose spinning threads then
-    compete with worker 1 for the second core), and worker 1 can join only there. The state
-    alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev`` (reset="before").
-    ``full_p`` holds the panels of ``W``, ``U``, ``U_zr``, ``U_h`` (used alone), ``split_p`` those of
-    each worker's packed rows (``W_pk``, ``U_pk``, ``U_zr_pk``, ``U_h_pk``); empty panels mean
-    ``gemm_nt`` on the matrices (:func:`_panels`)."""
+    (all units, ``W``, ``U``) until worker 1 has arrived, then on units ``0 : H//2``; worker 1 runs
+    units ``H//2 : H`` from the join step on, or nothing if worker 0 finished first. Each worker
+    copies its units' rows of W and U (gate blocks of ``ceil(H / 2)`` rows) when it starts on them,
+    and packs them into panels where ``use_panels`` and :func:`_jitmath.matmul_t` would read them;
+    ``solo`` (no helper will come) packs the full matrices so from the first step. Steps go in
+    blocks of ``nblk``: at the start of a block each worker computes its units' input side for the
+    whole block (one small GEMM; a T·B·3H product beforehand would need the framework's thread
+    pool, whose spinning threads then compete with worker 1 for the second core), and worker 1 can
+    join only there. The state alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds
+    ``r * h_prev`` (reset="before")."""
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
     out = (y, states, z_s, r_s, ht_s, uh_s)
-    nkh = W_pk.shape[1] // 3  # ceil(H / 2): a split gate block
+    nkh = H - H // 2  # ceil(H / 2): a split gate block
     u = np.empty((B, 3 * H), h0.dtype)  # scratch for either mode ([z | r | h] blocks of nkmax)
     xw = np.empty((nblk * B, 3 * H), h0.dtype)
     xf = np.empty((nblk, B, 3 * H), h0.dtype)
@@ -311,9 +323,15 @@ def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr
     ht = np.empty((B, H), h0.dtype)
     rhbuf = hbuf[2]
     k0, nk = w * (H // 2), H // 2 if w == 0 else H - H // 2  # this worker's units once split
+    U_zr, U_h = U[: 2 * H], U[2 * H :]
+    none = U[:0]  # a matrix the candidate does not use
     phase = 0
     t_lo = 0
     if w == 0:
+        use_full = use_panels and solo
+        W_p = panels_if(W, use_full, nblk * B)
+        Up = (panels_if(U if after else none, use_full, B), panels_if(none if after else U_zr, use_full, B),
+              panels_if(none if after else U_h, use_full, B))
         join = -1
         for s in range(T):
             t = T - 1 - s if reverse else s
@@ -321,19 +339,19 @@ def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr
                 if join < 0 and s >= flags[_EARLIEST] and load_acquire(flags, _ARRIVE) != 0:
                     join = s
                     store_release(flags, _JOIN, s)  # publishes the state of step s - 1 with it
+                    W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B)
                 if join < 0:
-                    t_lo = _units_inputs(s, T, nblk, reverse, 0, H, H, x, W, full_p[0], b_W, xw, xf)
+                    t_lo = _units_inputs(s, T, nblk, reverse, 0, H, H, x, W, W_p, b_W, xw, xf)
                 else:
-                    t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[0], split_p[0][0], b_W, xw, xf)
+                    t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W, W_p, b_W, xw, xf)
             if join < 0:
-                phase = _units_step(t, 0, False, 0, H, H, xf[t - t_lo], U, U_zr, U_h, full_p[1:], b_U, lengths,
-                                    after, save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh,
-                                    z, r, ht, flags, phase)
+                phase = _units_step(t, 0, False, 0, H, H, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
+                                    save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z,
+                                    r, ht, flags, phase)
             else:
-                phase = _units_step(t, 0, True, k0, nk, nkh, xf[t - t_lo], U_pk[0], U_zr_pk[0], U_h_pk[0],
-                                    (split_p[1][0], split_p[2][0], split_p[3][0]), b_U, lengths, after, save_states,
-                                    save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r, ht, flags,
-                                    phase)
+                phase = _units_step(t, 0, True, k0, nk, nkh, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
+                                    save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z,
+                                    r, ht, flags, phase)
         if join < 0:
             store_release(flags, _JOIN, T)  # too late: worker 1 returns as soon as it runs
             h_n[:, :] = hbuf[T % 2]
@@ -341,6 +359,7 @@ def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr
             h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
             wait_until(flags, _DONE, 1)  # worker 1 has written its part of h_n
         return
+    W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B)
     store_release(flags, _ARRIVE, 1)
     join = wait_until(flags, _JOIN, 0)
     if join >= T:
@@ -348,23 +367,25 @@ def _gru_fwd_units_worker(w, nblk, x, W, W_pk, b_W, h0, U, U_zr, U_h, U_pk, U_zr
     for s in range(join, T):
         t = T - 1 - s if reverse else s
         if s % nblk == 0:
-            t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W_pk[1], split_p[0][1], b_W, xw, xf)
-        phase = _units_step(t, 1, True, k0, nk, nkh, xf[t - t_lo], U_pk[1], U_zr_pk[1], U_h_pk[1],
-                            (split_p[1][1], split_p[2][1], split_p[3][1]), b_U, lengths, after, save_states,
-                            save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r, ht, flags, phase)
+            t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W, W_p, b_W, xw, xf)
+        phase = _units_step(t, 1, True, k0, nk, nkh, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
+                            save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r, ht,
+                            flags, phase)
     h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
     store_release(flags, _DONE, 1)
 
 
-def _pack_unit_rows(U: np.ndarray, H: int, gates: tuple[int, ...]) -> np.ndarray:
-    """Rows of ``U`` for each of the two workers' units (``0 : H//2`` and ``H//2 : H``), in gate
-    blocks of ``ceil(H / 2)`` rows (zero-padded)."""
-    nkmax = H - H // 2
-    out = np.zeros((2, len(gates) * nkmax, U.shape[1]), U.dtype)
-    for w, (k0, k1) in enumerate(((0, H // 2), (H // 2, H))):
-        for i, g in enumerate(gates):
-            out[w, i * nkmax : i * nkmax + k1 - k0] = U[g * H + k0 : g * H + k1]
-    return out
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _own_rows(W, U, H, k0, nk, after, use_panels, rows_w, rows_u):  # noqa: ANN001, ANN202
+    """A worker's rows of ``W`` and ``U`` (``U`` whole for reset="after", else its ``U_zr`` and
+    ``U_h`` parts) for units ``k0 : k0 + nk``, and their panels (see :func:`_unit_rows`)."""
+    W_w = _unit_rows(W, H, k0, nk, 0, 3)
+    U_w = _unit_rows(U, H, k0, nk, 0, 3 if after else 0)
+    U_zr_w = _unit_rows(U, H, k0, nk, 0, 0 if after else 2)
+    U_h_w = _unit_rows(U, H, k0, nk, 2, 0 if after else 1)
+    Up = (panels_if(U_w, use_panels, rows_u), panels_if(U_zr_w, use_panels, rows_u),
+          panels_if(U_h_w, use_panels, rows_u))
+    return W_w, U_w, U_zr_w, U_h_w, panels_if(W_w, use_panels, rows_w), Up
 
 
 def _unit_split_eligible(B: int, T: int, H: int) -> bool:
@@ -448,34 +469,21 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
                     h_tilde, u_h, h_n, helper: bool = True) -> None:  # noqa: ANN001
     """Run the late-join unit split: worker 0 here, worker 1 on the pool's helper thread. Without
     ``helper``, worker 0 runs alone ("solo"): one thread, its own input products, no framework
-    thread pool woken (which, after an idle spell, cost milliseconds per call)."""
-    H = h0.shape[1]
-    one = np.empty((2, 3, 1), U.dtype)  # the packs a candidate (or a run without a helper) does not use
-    U_pk = _pack_unit_rows(U, H, (0, 1, 2)) if after and helper else one
-    U_zr_pk = _pack_unit_rows(U, H, (0, 1)) if not after and helper else one
-    U_h_pk = _pack_unit_rows(U, H, (2,)) if not after and helper else one
-    W_pk = _pack_unit_rows(W, H, (0, 1, 2)) if helper else one
-    B = x.shape[1]
-    use = _panels_repaid(x.shape[0], B)
-    use_u = _u_panels_used(use, B, U_pk[0] if helper and after else U)
-    full_p = (*_panels(use and not helper, U.dtype, W),
-              *_panels(use_u and not helper, U.dtype, U if after else None, None if after else U[: 2 * H],
-                       None if after else U[2 * H :]))
-    split_p = tuple(np.stack([pack_panels(m[0]), pack_panels(m[1])]) if ok and helper and m is not one
-                    else np.zeros((2, *no_panels(U.dtype).shape), U.dtype)
-                    for m, ok in ((W_pk, use), (U_pk, use_u), (U_zr_pk, use_u), (U_h_pk, use_u)))
+    thread pool woken (which, after an idle spell, cost milliseconds per call). The workers copy
+    and pack their weights themselves (:func:`_gru_fwd_units_worker`)."""
     hbuf = np.zeros((3, *h0.shape), h0.dtype)
     hbuf[0] = h0
     flags = np.zeros(6 * SLOT, np.int64)
     flags[_JOIN] = -1
     flags[_EARLIEST] = EARLIEST_JOIN
-    args = (INPUT_BLOCK, x, W, W_pk, b_W, h0, U, U[: 2 * H], U[2 * H :], U_pk, U_zr_pk, U_h_pk, b_U, lengths, reverse,
-            after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, flags, full_p, split_p)
-    pending = submit_helper(_gru_fwd_units_worker, 1, *args) if helper else None
+    args = (INPUT_BLOCK, not helper, _panels_repaid(x.shape[0], x.shape[1]), x, W, b_W, h0, U, b_U, lengths,
+            reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, flags)
+    if helper:
+        submit_helper(_gru_fwd_units_worker, 1, *args)
     flushing_call(_gru_fwd_units_worker, 0, *args)
-    if pending is not None and flags[_JOIN] < x.shape[0]:
-        pending.result()  # it joined and has finished (re-raises its exception, if any)
-    # otherwise it returns as soon as it runs, touching nothing: no reason to wait for it
+    # No wait for the helper's future: worker 0 returns after worker 1 has set its done flag (its
+    # part of the outputs is written), or after telling it not to join (it then touches nothing).
+    # Waiting for the future to complete cost a thread wake-up per call (18 us after an idle spell).
 
 
 # ---------------------------------------------------------------------------------- backward
