@@ -28,3 +28,7 @@ def _drop_stale_kernel_caches(package: Path = _PACKAGE) -> int:
 
 
 _drop_stale_kernel_caches()
+
+from grulab.engine._scratch import release_scratch  # noqa: E402  (after the cache check: it imports torch)
+
+__all__ = ["release_scratch"]

@@ -55,6 +55,7 @@ from grulab.engine._jitmath import (
     wait_until,
 )
 from grulab.engine._pool import chunks, cpus_available, flushing_call, run_chunks, submit_helper, threads
+from grulab.engine._scratch import scratch
 
 
 def sigmoid(x):  # noqa: ANN001, ANN201  (Python body: used only when NUMBA_DISABLE_JIT=1)
@@ -652,9 +653,11 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
         if fuse:
             run_chunks(_gru_fwd_rows, chunks(B), True, x, W, b_W, _unused(x.dtype), *rest, pk)
         else:
-            xp = torch.addmm(torch.from_numpy(b_W), torch.from_numpy(x).view(T * B, I), torch.from_numpy(W).t())
-            run_chunks(_gru_fwd_rows, chunks(B), False, x[:1, :1], W[:1], b_W[:1], xp.numpy().reshape(T, B, 3 * H),
-                       *rest, pk)
+            bias = torch.from_numpy(b_W)
+            with scratch("gru.xp", (T * B, 3 * H), bias.dtype) as xp:  # consumed by the loop below
+                torch.addmm(bias, torch.from_numpy(x).view(T * B, I), torch.from_numpy(W).t(), out=xp)
+                run_chunks(_gru_fwd_rows, chunks(B), False, x[:1, :1], W[:1], b_W[:1],
+                           xp.numpy().reshape(T, B, 3 * H), *rest, pk)
     if tuned:
         TUNER.record(key, path, (time.perf_counter() - t0) / T)
 
@@ -741,30 +744,35 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
     Ud = U.detach()
     UT = Ud.t().contiguous()  # (H, 3H)
     dummy = np.empty((1, 1), UT.numpy().dtype)
-    da = _empty((T, B, 3 * H), x)
-    du_h = _empty((T, B, H) if after else (1, 1, 1), x)
     dh0 = _empty((B, H), x)
     UT_np = _np(UT)
     UT_zr = dummy if after else _np(UT[:, : 2 * H].contiguous())
     UT_h = dummy if after else _np(UT[:, 2 * H :].contiguous())
     pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
                  None if after else UT_h)
-    run_chunks(_gru_bwd_rows, chunks(B), _np(dy.contiguous()), _np(dh_n.contiguous()),
-               _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), UT_np, UT_zr, UT_h,
-               _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0), pk)
-    D = da.view(T * B, 3 * H)  # (T·B, 3H)
-    dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (eq. 13)
-    dW = input_weight_grad(D, x.detach().reshape(T * B, I)) if needs[2] else None  # (eq. 13)
-    dU = db_W = db_U = None
-    if needs[3]:
-        h0d = h0.detach()
-        dU = torch.empty_like(Ud)
-        _outer_sum_prev(da[..., : 2 * H], states, h0d, reverse, dU[: 2 * H])  # (eq. 13) dU_z, dU_r
-        if after:
-            _outer_sum_prev(du_h, states, h0d, reverse, dU[2 * H :])  # dU_h = sum du_h^T h_prev
-        else:  # dU_h = sum da_h^T (r * h_prev)
-            _outer_sum_prev(da[..., 2 * H :], states, h0d, reverse, dU[2 * H :], gate=r)
-    if b_W is not None:
-        db_W = D.sum(0)
-        db_U = torch.cat([db_W[: 2 * H], du_h.view(T * B, H).sum(0)]) if after else db_W.clone()
+    # da and du_h live only in this call (nothing returned aliases them): scratch kept between calls
+    # (and dy, when the loss made it a broadcast view: y.sum() gives an expanded tensor of ones)
+    with scratch("gru.da", (T, B, 3 * H), x.dtype) as da, \
+            scratch("gru.du_h", (T, B, H) if after else (1, 1, 1), x.dtype) as du_h, \
+            scratch("gru.dy", dy.shape if not dy.is_contiguous() else (1,), x.dtype) as dy_buf:
+        if not dy.is_contiguous():
+            dy = dy_buf.copy_(dy)
+        run_chunks(_gru_bwd_rows, chunks(B), _np(dy), _np(dh_n.contiguous()),
+                   _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), UT_np, UT_zr,
+                   UT_h, _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0), pk)
+        D = da.view(T * B, 3 * H)  # (T·B, 3H)
+        dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (eq. 13)
+        dW = input_weight_grad(D, x.detach().reshape(T * B, I)) if needs[2] else None  # (eq. 13)
+        dU = db_W = db_U = None
+        if needs[3]:
+            h0d = h0.detach()
+            dU = torch.empty_like(Ud)
+            _outer_sum_prev(da[..., : 2 * H], states, h0d, reverse, dU[: 2 * H])  # (eq. 13) dU_z, dU_r
+            if after:
+                _outer_sum_prev(du_h, states, h0d, reverse, dU[2 * H :])  # dU_h = sum du_h^T h_prev
+            else:  # dU_h = sum da_h^T (r * h_prev)
+                _outer_sum_prev(da[..., 2 * H :], states, h0d, reverse, dU[2 * H :], gate=r)
+        if b_W is not None:
+            db_W = D.sum(0)
+            db_U = torch.cat([db_W[: 2 * H], du_h.view(T * B, H).sum(0)]) if after else db_W.clone()
     return dx, dh0, dW, dU, db_W, db_U

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from grulab.engine._jitmath import FLAGS, copy_row
 from grulab.engine._pool import run_chunks, threads
+from grulab.engine._scratch import scratch
 from grulab.engine.cpu import _lengths_np, _np, input_weight_grad, sigmoid
 from grulab.engine.dispatch import grad_needed
 from grulab.runtime import opaque_to_compiler
@@ -163,16 +164,16 @@ def mingru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, b_W: 
     T, B, I = x.shape
     H = h0.shape[1]
     a, states = saved
-    da = torch.empty((T, B, 2 * H), dtype=x.dtype)
     dh0 = torch.empty((B, H), dtype=x.dtype)
     nk, n = _tiling(B, H)
-    run_chunks(_mingru_bwd_block, n, nk, _np(dy.contiguous()), _np(dh_n.contiguous()),
-               _np(a), _np(h0.detach().contiguous()), _np(states), _lengths_np(lengths, B, T), reverse, _np(da),
-               _np(dh0))
-    D = da.view(T * B, 2 * H)
-    dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (M10)
-    dW = input_weight_grad(D, x.detach().reshape(T * B, I)) if needs[2] else None  # (M10)
-    db_W = D.sum(0) if b_W is not None and needs[3] else None  # (M10)
+    with scratch("mingru.da", (T, B, 2 * H), x.dtype) as da:  # call-local: nothing returned aliases it
+        run_chunks(_mingru_bwd_block, n, nk, _np(dy.contiguous()), _np(dh_n.contiguous()),
+                   _np(a), _np(h0.detach().contiguous()), _np(states), _lengths_np(lengths, B, T), reverse, _np(da),
+                   _np(dh0))
+        D = da.view(T * B, 2 * H)
+        dx = (D @ W.detach()).view(T, B, I) if needs[0] else None  # (M10)
+        dW = input_weight_grad(D, x.detach().reshape(T * B, I)) if needs[2] else None  # (M10)
+        db_W = D.sum(0) if b_W is not None and needs[3] else None  # (M10)
     return dx, dh0, dW, db_W
 
 

@@ -40,6 +40,7 @@ from torch import Tensor
 from grulab.cells.lngru import DEFAULT_EPS
 from grulab.engine._jitmath import FLAGS, matmul_t
 from grulab.engine._pool import chunks, run_chunks
+from grulab.engine._scratch import scratch
 from grulab.engine.cpu import _lengths_np, _np, _panels, _panels_repaid, input_weight_grad, sigmoid, tanh
 from grulab.engine.dispatch import grad_needed
 from grulab.runtime import opaque_to_compiler
@@ -446,44 +447,44 @@ def variant_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: T
     states, z, r, h_tilde, u_h, n_U, rstd_U, n_W, rstd_W = saved
     UT = U.detach().t().contiguous()  # (H, 3H)
     dummy = np.empty((1, 1), UT.numpy().dtype)
-    da = torch.empty((T, B, 3 * H), dtype=dt)
-    dq = torch.empty((T, B, 3 * H), dtype=dt)
-    srec = torch.empty((T, B, H if after else 2 * H), dtype=dt)
-    dh0 = dh_n.detach().clone().contiguous()  # the kernel turns it into dh0 in place
-    n = chunks(B)
-    sums = torch.zeros((n, 3, 3 * H), dtype=dt)  # per chunk: Σ du, Σ du ⊙ n_U, Σ da
-    UT_np = _np(UT)
-    UT_zr = dummy if after else _np(UT[:, : 2 * H].contiguous())
-    UT_h = dummy if after else _np(UT[:, 2 * H :].contiguous())
-    pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
-                 None if after else UT_h)
-    run_chunks(_variant_bwd_rows, n, _np(dy.contiguous()), _np(dh0),
-                 _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U),
-                 _np(rstd_U), _np(g_U.detach().contiguous() if ln else _dummy(dt, 1)), ln,
-                 *_masks(m_h, d, opts, dt), UT_np, UT_zr, UT_h, _lengths_np(lengths, B, T), opts.reverse,
-                 after, _np(da), _np(dq), _np(srec), pk, _np(sums))
-    sum_du, sum_du_n, sum_da = sums.sum(0)
-    D = da.view(T * B, 3 * H)  # input side [da_z, da_r, da_h]
-    db_W = sum_da if b_W is not None else None  # (V8), (N8)
-    db_U = sum_du if b_U is not None else None  # (V8), (N8)
-    dg_W = dg_U = None
-    if ln:
-        dg_U = sum_du_n  # (N8)
-        nr = chunks(T * B, LN_ROWS_PER_CHUNK)
-        dP, dg = torch.empty_like(D), torch.zeros((nr, 3 * H), dtype=dt)
-        run_chunks(_ln_rows_bwd, nr, _np(D), _np(g_W.detach().contiguous()), _np(n_W),
-                     _np(rstd_W), _np(dP), _np(dg))  # (N7) gradient of p = x̂ W^T
-        D, dg_W = dP, dg.sum(0)  # (N8)
-    xd = x.detach() if m_x is None else x.detach() * m_x  # (V1)
-    dx = (D @ W.detach()).view(T, B, I)  # (V8)
-    if m_x is not None:
-        dx = dx * m_x  # (V8) through x̂ = m_x ⊙ x
-    dW = input_weight_grad(D, xd.reshape(T * B, I))  # (V8)
-    Q = dq.view(T * B, 3 * H)
-    S = srec.view(T * B, srec.shape[2])
-    dU = torch.empty_like(U.detach())
-    torch.mm(Q[:, : 2 * H].t(), S[:, :H], out=dU[: 2 * H])  # (V8) dU_z, dU_r
-    torch.mm(Q[:, 2 * H :].t(), S[:, :H] if after else S[:, H:], out=dU[2 * H :])  # (V8) dU_h
+    # da, dq and srec live only in this call (nothing returned aliases them): kept between calls
+    with scratch("variant.da", (T, B, 3 * H), dt) as da, scratch("variant.dq", (T, B, 3 * H), dt) as dq, \
+            scratch("variant.srec", (T, B, H if after else 2 * H), dt) as srec:
+        dh0 = dh_n.detach().clone().contiguous()  # the kernel turns it into dh0 in place
+        n = chunks(B)
+        sums = torch.zeros((n, 3, 3 * H), dtype=dt)  # per chunk: Σ du, Σ du ⊙ n_U, Σ da
+        UT_np = _np(UT)
+        UT_zr = dummy if after else _np(UT[:, : 2 * H].contiguous())
+        UT_h = dummy if after else _np(UT[:, 2 * H :].contiguous())
+        pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
+                     None if after else UT_h)
+        run_chunks(_variant_bwd_rows, n, _np(dy.contiguous()), _np(dh0),
+                     _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U),
+                     _np(rstd_U), _np(g_U.detach().contiguous() if ln else _dummy(dt, 1)), ln,
+                     *_masks(m_h, d, opts, dt), UT_np, UT_zr, UT_h, _lengths_np(lengths, B, T), opts.reverse,
+                     after, _np(da), _np(dq), _np(srec), pk, _np(sums))
+        sum_du, sum_du_n, sum_da = sums.sum(0)
+        D = da.view(T * B, 3 * H)  # input side [da_z, da_r, da_h]
+        db_W = sum_da if b_W is not None else None  # (V8), (N8)
+        db_U = sum_du if b_U is not None else None  # (V8), (N8)
+        dg_W = dg_U = None
+        if ln:
+            dg_U = sum_du_n  # (N8)
+            nr = chunks(T * B, LN_ROWS_PER_CHUNK)
+            dP, dg = torch.empty_like(D), torch.zeros((nr, 3 * H), dtype=dt)
+            run_chunks(_ln_rows_bwd, nr, _np(D), _np(g_W.detach().contiguous()), _np(n_W),
+                         _np(rstd_W), _np(dP), _np(dg))  # (N7) gradient of p = x̂ W^T
+            D, dg_W = dP, dg.sum(0)  # (N8)
+        xd = x.detach() if m_x is None else x.detach() * m_x  # (V1)
+        dx = (D @ W.detach()).view(T, B, I)  # (V8)
+        if m_x is not None:
+            dx = dx * m_x  # (V8) through x̂ = m_x ⊙ x
+        dW = input_weight_grad(D, xd.reshape(T * B, I))  # (V8)
+        Q = dq.view(T * B, 3 * H)
+        S = srec.view(T * B, srec.shape[2])
+        dU = torch.empty_like(U.detach())
+        torch.mm(Q[:, : 2 * H].t(), S[:, :H], out=dU[: 2 * H])  # (V8) dU_z, dU_r
+        torch.mm(Q[:, 2 * H :].t(), S[:, :H] if after else S[:, H:], out=dU[2 * H :])  # (V8) dU_h
     return dx, dh0, dW, dU, db_W, db_U, dg_W, dg_U
 
 
