@@ -77,3 +77,13 @@ def test_gradients_do_not_depend_on_what_the_scratch_held_before():
         again = grads(model, small)
         assert all(torch.equal(a, b) for a, b in zip(kept, again, strict=True))
         assert all(torch.equal(a, b) for a, b in zip(kept, fresh, strict=True))  # no gradient aliases a scratch
+
+
+def test_pages_empty_gives_a_writable_tensor_of_the_shape_and_dtype():
+    from grulab.engine._scratch import pages_empty
+
+    for dtype in (torch.float32, torch.float64):
+        t = pages_empty((3, 4, 5), dtype)
+        assert t.shape == (3, 4, 5) and t.dtype == dtype and t.is_contiguous()
+        t.fill_(2.0)
+        assert float(t.sum()) == 120.0

