@@ -107,3 +107,26 @@ def test_stream_with_saturated_gates_matches_the_sequence_and_restores_the_threa
     outs = torch.stack([s.step(x[t]).clone() for t in range(20)])
     assert_close("outputs", outs, y, 2e-6)
     assert mode() == before
+
+
+def test_steps_through_the_bound_entry_point_match_the_dispatcher_for_every_input_form():
+    """step() calls the kernel's compiled entry point for the stream's argument types: every form
+    of input it accepts (read-only, another dtype, strided, 1-D, a tensor) is normalised first, and
+    the states match a stream stepped through the dispatcher."""
+    from grulab.engine import stream as stream_mod
+
+    gru = grulab.GRU(5, 8)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 5)).astype(np.float32)
+    readonly = x.copy()
+    readonly.setflags(write=False)
+    forms = [readonly[0], x[0].astype(np.float64), np.asfortranarray(x[0]), x[0], torch.from_numpy(x[0])]
+    for B in (1, 2):
+        for form in forms:
+            s, ref = gru.stream(B), gru.stream(B)
+            for t in range(6):
+                row = form[t] if B == 1 else np.stack([np.asarray(form[t])] * 2)
+                got = s.step(row).clone()
+                stream_mod._stream_step(np.ascontiguousarray(np.asarray(row, np.float32).reshape(B, 5)),
+                                        *ref._args)
+                assert torch.equal(got.reshape(B, 8), torch.from_numpy(ref._h[-1]))
