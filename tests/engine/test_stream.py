@@ -120,13 +120,16 @@ def test_steps_through_the_bound_entry_point_match_the_dispatcher_for_every_inpu
     x = rng.standard_normal((2, 6, 5)).astype(np.float32)
     readonly = x.copy()
     readonly.setflags(write=False)
-    forms = [readonly[0], x[0].astype(np.float64), np.asfortranarray(x[0]), x[0], torch.from_numpy(x[0])]
+    forms = [readonly[0], x[0].astype(np.float64), np.asfortranarray(x[0]), x[0], torch.from_numpy(x[0]),
+             torch.from_numpy(x[0].copy()).requires_grad_()]
     for B in (1, 2):
         for form in forms:
             s, ref = gru.stream(B), gru.stream(B)
             for t in range(6):
-                row = form[t] if B == 1 else np.stack([np.asarray(form[t])] * 2)
+                row = form[t] if B == 1 else np.stack([np.asarray(form[t].detach() if isinstance(form, torch.Tensor)
+                                                                  else form[t])] * 2)
                 got = s.step(row).clone()
-                stream_mod._stream_step(np.ascontiguousarray(np.asarray(row, np.float32).reshape(B, 5)),
+                plain = row.detach().numpy() if isinstance(row, torch.Tensor) else row
+                stream_mod._stream_step(np.ascontiguousarray(np.asarray(plain, np.float32).reshape(B, 5)),
                                         *ref._args)
                 assert torch.equal(got.reshape(B, 8), torch.from_numpy(ref._h[-1]))

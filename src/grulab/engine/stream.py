@@ -156,7 +156,7 @@ class GRUStream:
         """Advance every layer by one step; returns the last layer's state (a view, see class doc)."""
         if isinstance(x_t, Tensor):  # any float dtype (bfloat16 under autocast): the state stays in the model's
             if x_t.dtype == self.dtype and x_t.is_cpu:  # already what the kernel reads: no conversion call
-                arr = x_t.detach().numpy()
+                arr = x_t.numpy() if not x_t.requires_grad else x_t.detach().numpy()  # detach: ~0.5 us
             else:
                 arr = x_t.detach().to("cpu", self.dtype if x_t.is_floating_point() else x_t.dtype).numpy()
         else:
