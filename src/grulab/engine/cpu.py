@@ -360,6 +360,8 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
             h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
             wait_until(flags, _DONE, 1)  # worker 1 has written its part of h_n
         return
+    if load_acquire(flags, _JOIN) >= T:  # started after worker 0 finished: nothing to copy or do
+        return
     W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B)
     store_release(flags, _ARRIVE, 1)
     join = wait_until(flags, _JOIN, 0)
