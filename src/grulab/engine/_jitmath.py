@@ -292,12 +292,19 @@ def pack_panels_into(Bm, P):  # noqa: ANN001, ANN201
                     P[p, k, c] = 0.0
 
 
+@njit(**{**FLAGS, "inline": "always"})
+def reads_panels(rows, nbytes):  # noqa: ANN001, ANN201
+    """The rule of :func:`matmul_t`: a product of ``rows`` rows by a matrix of ``nbytes`` reads the
+    matrix's panels (when it has any) unless it is one row by a matrix that fits in L2."""
+    return rows > 1 or nbytes >= MATVEC_PANELS_FROM
+
+
 @njit(**FLAGS)
 def panels_if(Bm, use, rows):  # noqa: ANN001, ANN201
     """The panels of ``Bm`` when a product of ``rows`` rows by it reads them (``use`` and
-    :func:`matmul_t`'s rule), else empty panels: the compiled counterpart of packing per call."""
+    :func:`reads_panels`), else empty panels: the compiled counterpart of packing per call."""
     NR = PANEL_VECTORS * 64 // Bm.itemsize
-    if use and (rows > 1 or Bm.size * Bm.itemsize >= MATVEC_PANELS_FROM):
+    if use and reads_panels(rows, Bm.size * Bm.itemsize):
         P = np.empty((-(-Bm.shape[0] // NR), Bm.shape[1], NR), Bm.dtype)
         pack_panels_into(Bm, P)
         return P
@@ -447,7 +454,7 @@ def matmul_t(A, Bm, P, C):  # noqa: ANN001, ANN201
     row is a matrix-vector product bound by the cache bandwidth: with ``Bm`` in L2, ``gemm_nt``'s
     dot products ran 3-6% faster than the panels (96-384 KB); beyond it the panels did (768 KB:
     7.8 against 10.7 us; 3 MB: 38 against 50 us), so one row uses them from ``MATVEC_PANELS_FROM``."""
-    if P.shape[0] > 0 and (A.shape[0] > 1 or Bm.size * Bm.itemsize >= MATVEC_PANELS_FROM):
+    if P.shape[0] > 0 and reads_panels(A.shape[0], Bm.size * Bm.itemsize):
         gemm_nn(A, P, C, Bm.shape[0])
     else:
         gemm_nt(A, Bm, C)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import nullcontext
 
 import numba
 import numpy as np
@@ -38,7 +39,6 @@ from torch import Tensor
 
 from grulab.engine._jitmath import (
     FLAGS,
-    MATVEC_PANELS_FROM,
     SLOT,
     barrier,
     copy_row,
@@ -47,6 +47,7 @@ from grulab.engine._jitmath import (
     no_panels,
     pack_panels,
     panels_if,
+    reads_panels,
     sigmoid32,
     sigmoid64,
     store_release,
@@ -461,7 +462,7 @@ def _panels_repaid(T: int, B: int) -> bool:
 def _u_panels_used(use: bool, rows: int, U: np.ndarray) -> bool:
     """Whether a kernel's product with (its part of) ``U`` reads panels: :func:`_jitmath.matmul_t`
     gives a single row ``gemm_nt`` while ``U`` fits in L2, so none are packed for it then."""
-    return use and (rows > 1 or U.nbytes >= MATVEC_PANELS_FROM)
+    return use and bool(reads_panels(rows, U.nbytes))
 
 
 def _panels(use: bool, dtype: np.dtype, *mats: np.ndarray | None) -> tuple[np.ndarray, ...]:
@@ -756,13 +757,14 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: Tenso
     pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
                  None if after else UT_h)
     # da and du_h live only in this call (nothing returned aliases them): scratch kept between calls
-    # (and dy, when the loss made it a broadcast view: y.sum() gives an expanded tensor of ones)
+    # (and a dense copy of dy when the loss made it a broadcast view: y.sum() gives expanded ones)
+    dense = dy.is_contiguous()
     with scratch("gru.da", (T, B, 3 * H), x.dtype) as da, \
             scratch("gru.du_h", (T, B, H) if after else (1, 1, 1), x.dtype) as du_h, \
-            scratch("gru.dy", dy.shape if not dy.is_contiguous() else (1,), x.dtype) as dy_buf:
-        if not dy.is_contiguous():
-            dy = dy_buf.copy_(dy)
-        run_chunks(_gru_bwd_rows, chunks(B), _np(dy), _np(dh_n.contiguous()),
+            (nullcontext(dy) if dense else scratch("gru.dy", tuple(dy.shape), x.dtype)) as dy_c:
+        if not dense:
+            dy_c.copy_(dy)
+        run_chunks(_gru_bwd_rows, chunks(B), _np(dy_c), _np(dh_n.contiguous()),
                    _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), UT_np, UT_zr,
                    UT_h, _lengths_np(lengths, B, T), reverse, after, _np(da), _np(du_h), _np(dh0), pk)
         D = da.view(T * B, 3 * H)  # (T·B, 3H)

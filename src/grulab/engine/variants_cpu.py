@@ -447,17 +447,17 @@ def variant_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, h0: Tensor, W: Tensor, U: T
     states, z, r, h_tilde, u_h, n_U, rstd_U, n_W, rstd_W = saved
     UT = U.detach().t().contiguous()  # (H, 3H)
     dummy = np.empty((1, 1), UT.numpy().dtype)
+    dh0 = dh_n.detach().clone().contiguous()  # the kernel turns it into dh0 in place
+    n = chunks(B)
+    sums = torch.zeros((n, 3, 3 * H), dtype=dt)  # per chunk: Σ du, Σ du ⊙ n_U, Σ da
+    UT_np = _np(UT)
+    UT_zr = dummy if after else _np(UT[:, : 2 * H].contiguous())
+    UT_h = dummy if after else _np(UT[:, 2 * H :].contiguous())
+    pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
+                 None if after else UT_h)
     # da, dq and srec live only in this call (nothing returned aliases them): kept between calls
     with scratch("variant.da", (T, B, 3 * H), dt) as da, scratch("variant.dq", (T, B, 3 * H), dt) as dq, \
             scratch("variant.srec", (T, B, H if after else 2 * H), dt) as srec:
-        dh0 = dh_n.detach().clone().contiguous()  # the kernel turns it into dh0 in place
-        n = chunks(B)
-        sums = torch.zeros((n, 3, 3 * H), dtype=dt)  # per chunk: Σ du, Σ du ⊙ n_U, Σ da
-        UT_np = _np(UT)
-        UT_zr = dummy if after else _np(UT[:, : 2 * H].contiguous())
-        UT_h = dummy if after else _np(UT[:, 2 * H :].contiguous())
-        pk = _panels(_panels_repaid(T, B), UT_np.dtype, UT_np if after else None, None if after else UT_zr,
-                     None if after else UT_h)
         run_chunks(_variant_bwd_rows, n, _np(dy.contiguous()), _np(dh0),
                      _np(h0.detach().contiguous()), _np(states), _np(z), _np(r), _np(h_tilde), _np(u_h), _np(n_U),
                      _np(rstd_U), _np(g_U.detach().contiguous() if ln else _dummy(dt, 1)), ln,
