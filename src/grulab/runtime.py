@@ -71,12 +71,21 @@ def _device_type(values: Any) -> str:
     return "cpu"
 
 
+def _any_autocast_fallback() -> bool:
+    return any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
+
+
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", _any_autocast_fallback)
+
+
 def float32_under_autocast(forward: F) -> F:
     """Decorate a layer's ``forward``: under autocast, switch autocast off for the layer and cast
     low-precision floating arguments (input, states) up to the parameters' dtype."""
 
     @functools.wraps(forward)
     def wrapper(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not _any_autocast():  # one call, not a device lookup and a query (tens of us each after idle)
+            return forward(self, *args, **kwargs)
         device = _device_type([*args, *kwargs.values()])
         if not torch.is_autocast_enabled(device):
             return forward(self, *args, **kwargs)

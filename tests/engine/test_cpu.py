@@ -369,6 +369,103 @@ def test_inference_array_path_is_not_taken_where_it_would_change_the_call(monkey
     assert calls
 
 
+def test_common_inference_calls_take_the_short_path_and_others_the_general_one(monkeypatch):
+    """A batched CPU call under no_grad without lengths is answered by ``_fast_forward`` (with or
+    without ``hx``, batch-first too), with the general path's values bit for bit; every other form
+    falls through to the general path, which validates it (errors included)."""
+    import grulab
+
+    torch.manual_seed(2)
+    gru = grulab.GRU(3, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
+    x, hx = torch.randn(4, 7, 3), torch.randn(4, 4, 6)
+    answered = []
+    orig = grulab.GRU._fast_forward
+
+    def spy(self, *a):
+        r = orig(self, *a)
+        answered.append(r is not None)
+        return r
+
+    monkeypatch.setattr(grulab.GRU, "_fast_forward", spy)
+    with torch.no_grad():
+        for h in (None, hx):
+            y, h_n = gru(x, h)
+            assert answered.pop() is True
+            with monkeypatch.context() as m:
+                m.setattr(grulab.GRU, "_fast_forward", lambda self, *a: None)
+                y_general, h_general = gru(x, h)
+            assert torch.equal(y, y_general) and torch.equal(h_n, h_general)
+        others = [lambda: gru(x[0]), lambda: gru(x, lengths=torch.tensor([7, 7, 3, 1])),
+                  lambda: gru(x.double()), lambda: gru(x[:, :0])]
+        for call in others:
+            try:
+                call()
+            except (TypeError, ValueError):
+                pass  # the general path's own error
+            assert answered.pop() is False
+        with pytest.raises(ValueError, match="hx"):
+            gru(x, torch.randn(4, 3, 6))  # the short path validates hx as the general one does
+    gru(x)  # gradients can follow: the general path
+    assert answered.pop() is False
+
+
+def test_parameter_arrays_follow_every_change_of_the_parameters():
+    """The NumPy views the short path keeps are views: in-place updates show at once; a parameter
+    given new memory (``.data =``, ``.double()``, ``load_state_dict`` of another dtype), a new
+    Parameter object, a deep copy or a pickled copy each get arrays of their own."""
+    import copy
+    import pickle
+
+    import grulab
+
+    torch.manual_seed(3)
+    gru = grulab.GRU(3, 5).eval()
+    x = torch.randn(6, 2, 3)
+
+    def check(model, inp):
+        with torch.no_grad():
+            y = model(inp)[0]
+        fresh = grulab.GRU(3, 5).to(inp.dtype).eval()
+        fresh.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert torch.equal(y, fresh(inp)[0]) and model._param_arrays() is not None
+
+    check(gru, x)
+    with torch.no_grad():
+        gru.U_l0.mul_(1.5)  # in place: the same memory
+    check(gru, x)
+    gru.W_l0.data = torch.randn(15, 3)  # new memory behind the same Parameter
+    check(gru, x)
+    gru.b_U_l0 = torch.nn.Parameter(torch.randn(15))  # a new Parameter object
+    check(gru, x)
+    for clone in (copy.deepcopy(gru), pickle.loads(pickle.dumps(gru))):
+        assert "_arrays_cache" not in clone.__dict__
+        with torch.no_grad():
+            clone.U_l0.zero_()  # its own memory: the original is untouched
+        check(clone, x)
+    check(gru, x)
+    check(gru.double(), x.double())
+
+
+def test_helper_thread_runs_submitted_kernels_and_keeps_their_errors():
+    import threading
+
+    from grulab.engine import _pool
+
+    done = threading.Event()
+    where = []
+    _pool.submit_helper(lambda a: where.append(threading.get_native_id()) or done.set(), np.zeros(1))
+    assert done.wait(10) and where[0] != threading.get_native_id() and where[0] == _pool._HELPER_TID[0]
+
+    def fails(a):
+        raise RuntimeError("kernel failed")
+
+    _pool.submit_helper(fails, np.zeros(1))
+    done.clear()
+    _pool.submit_helper(lambda a: done.set(), np.zeros(1))  # the thread goes on after an error
+    assert done.wait(10) and "kernel failed" in str(_pool._HELPER[0].errors[-1])
+
+
 def test_unit_split_needs_two_cpus_for_the_calling_thread(monkeypatch):
     """A caller pinned to one CPU would put the helper on that CPU too (a barrier per step that
     waits for a time slice): the unit split is not among the paths measured then."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numba
@@ -32,6 +33,7 @@ def _forget_pools() -> None:
     """A forked child inherits the pools but not their threads: start afresh there."""
     global _LOCK
     _POOL.clear()
+    _HELPER.clear()
     _HELPER_TID.clear()
     _HELPER_MASK.clear()
     _LOCK = threading.Lock()
@@ -52,9 +54,10 @@ def cpus_available() -> int:
     return os.cpu_count() or 1
 
 
-def chunks(rows: int, min_rows: int = MIN_ROWS_PER_CHUNK) -> int:
-    """How many chunks to split ``rows`` independent rows into: one per thread, ``min_rows`` each."""
-    return max(1, min(threads(), rows // min_rows))
+def chunks(rows: int, min_rows: int = MIN_ROWS_PER_CHUNK, n_threads: int | None = None) -> int:
+    """How many chunks to split ``rows`` independent rows into: one per thread (``n_threads``, by
+    default :func:`threads`), ``min_rows`` each."""
+    return max(1, min(threads() if n_threads is None else n_threads, rows // min_rows))
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -64,7 +67,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL[workers]
 
 
-_HELPER_TID: list[int] = []  # native id of the one-worker pool's thread, once it has started
+_HELPER_TID: list[int] = []  # native id of the helper thread (_Helper), once it has started
 _HELPER_MASK: list[set[int]] = []  # the CPU set last given to it
 try:
     _sched_getcpu = ctypes.CDLL(None).sched_getcpu
@@ -120,14 +123,48 @@ def flushing_call(kernel: Callable[..., Any], *args: Any) -> None:
         ftz_leave(old)
 
 
-def submit_helper(kernel: Callable[..., Any], *args: Any) -> Future:
-    """``kernel(*args)`` on the pool's first helper thread (the one ``run_chunks`` gives chunk 1),
-    placed on another CPU than the caller's, for a kernel the caller works with in lockstep."""
-    pool = _pool(1)
-    if not _HELPER_TID:
-        pool.submit(_record_tid).result()
+class _Helper:
+    """One long-lived thread that runs the kernels submitted to it, in order, and nothing else: the
+    partner of a caller that works with it in lockstep (the unit split). A ``SimpleQueue`` hands
+    it each task: after an idle spell, ``ThreadPoolExecutor.submit`` (a future, locks, a work
+    item, a thread-count check) cost 90-120 us of the caller's time, the queue's ``put`` a
+    fraction of it. The caller synchronises with the kernel through its arguments (flags), not
+    through the task; an exception in the kernel is kept in ``errors`` (the kernels validate
+    nothing at run time that their launchers have not checked)."""
+
+    def __init__(self) -> None:
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.errors: list[BaseException] = []
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(started,), name="grulab-helper", daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def _serve(self, started: threading.Event) -> None:
+        _record_tid()
+        started.set()
+        while True:
+            kernel, args = self.tasks.get()
+            try:
+                flushing_call(kernel, *args)
+            except BaseException as e:  # noqa: BLE001 (kept for the caller to inspect; the thread goes on)
+                del self.errors[:-7]
+                self.errors.append(e)
+
+
+_HELPER: list[_Helper] = []
+
+
+def submit_helper(kernel: Callable[..., Any], *args: Any) -> None:
+    """``kernel(*args)`` on the helper thread (:class:`_Helper`), placed on another CPU than the
+    caller's, for a kernel the caller works with in lockstep. Returns at once; the caller learns
+    that the kernel has run from the flags it shares with it."""
+    if not _HELPER:
+        with _LOCK:
+            if not _HELPER:
+                _HELPER.append(_Helper())
     _keep_off_this_cpu()
-    return pool.submit(flushing_call, kernel, *args)
+    _HELPER[0].tasks.put((kernel, args))
 
 
 def run_chunks(kernel: Callable[..., Any], n: int, *args: Any) -> None:

@@ -392,14 +392,16 @@ def _own_rows(W, U, H, k0, nk, after, use_panels, rows_w, rows_u):  # noqa: ANN0
     return W_w, U_w, U_zr_w, U_h_w, panels_if(W_w, use_panels, rows_w), Up
 
 
-def _unit_split_eligible(B: int, T: int, H: int) -> bool:
+def _unit_split_eligible(B: int, T: int, H: int, n: int | None = None) -> bool:
     """Whether the small-batch paths (the unit split and the single thread, each with its own input
     products) are worth measuring against the rows path: called for batches whose chunks are too
     small to fuse their input products (``FUSE_MIN_ROWS``), where the rows path needs one framework
     product beforehand (waking the framework's thread pool). Up to B=4 rows cannot keep two threads
     busy; from 8 to 24 rows the unit split was 1.4-3x faster than the rows path after an idle spell
-    (B=16, H=256, T=256: 16.1 against 30.4 ms). A step also needs enough work for a barrier."""
-    return not numba.config.DISABLE_JIT and threads() >= 2 and B * H >= UNIT_SPLIT_MIN_WORK and T >= 8
+    (B=16, H=256, T=256: 16.1 against 30.4 ms). A step also needs enough work for a barrier.
+    ``n``: the thread count, if the caller has it."""
+    return (not numba.config.DISABLE_JIT and (threads() if n is None else n) >= 2 and B * H >= UNIT_SPLIT_MIN_WORK
+            and T >= 8)
 
 
 class PathTuner:
@@ -415,21 +417,23 @@ class PathTuner:
     def __init__(self, explore: int = 16, window: int = 3) -> None:
         self.explore, self.window = explore, window
         self.samples: dict[tuple, dict[str, list[float]]] = {}
+        self.medians: dict[tuple, dict[str, float]] = {}  # of the samples, kept by record()
         self.calls: dict[tuple, int] = {}
         self.warm: set[tuple] = set()  # (key, path) pairs whose first call is behind them
 
     def estimate(self, key: tuple, path: str) -> float | None:
-        s = self.samples.get(key, {}).get(path)
-        return statistics.median(s) if s else None
+        return self.medians.get(key, {}).get(path)
 
     def choose(self, key: tuple, paths: tuple[str, ...]) -> str:
+        """The path to run now. Reads the medians kept by :meth:`record` (a call's own Python runs
+        cold after an idle spell, tens of microseconds per distinct operation)."""
         n = self.calls.get(key, 0)
         self.calls[key] = n + 1
-        est = {p: self.estimate(key, p) for p in paths}
+        est = self.medians.get(key, {})
         for p in paths:
-            if est[p] is None:
+            if p not in est:
                 return p
-        ranked = sorted(paths, key=lambda p: est[p])  # type: ignore[arg-type,return-value]
+        ranked = sorted(paths, key=est.__getitem__)
         if n % self.explore == self.explore - 1:  # re-measure the others in turn
             return ranked[1 + (n // self.explore) % (len(ranked) - 1)]
         return ranked[0]
@@ -441,6 +445,7 @@ class PathTuner:
         s = self.samples.setdefault(key, {}).setdefault(path, [])
         s.append(seconds_per_step)
         del s[: -self.window]
+        self.medians.setdefault(key, {})[path] = statistics.median(s)
 
 
 UNIT_SPLIT_MIN_WORK = 32  # B * H below which one thread is faster than two plus a barrier per step
@@ -629,10 +634,11 @@ def _outer_sum_prev(G: Tensor, states: Tensor, h0: Tensor, reverse: bool, out: T
 FUSE_MIN_ROWS = 16  # rows per chunk from which the input products run step by step inside the kernel
 
 
-def _fuse_input(B: int) -> bool:
+def _fuse_input(B: int, n: int | None = None) -> bool:
     """Whether each chunk computes ``W x_t`` itself: with enough rows per chunk its per-step GEMM
-    is as efficient as one large product, and the T·B·3H buffer (larger than the caches) goes."""
-    return B // chunks(B) >= FUSE_MIN_ROWS
+    is as efficient as one large product, and the T·B·3H buffer (larger than the caches) goes.
+    ``n``: the thread count, if the caller has it (:func:`chunks`)."""
+    return B // chunks(B, n_threads=n) >= FUSE_MIN_ROWS
 
 
 def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, reset: str) -> None:
@@ -642,8 +648,9 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     batch, the late-join unit split where that measures faster for the shape (:class:`PathTuner`)."""
     T, B, I = x.shape
     H = rest[0].shape[1]
-    fuse = _fuse_input(B)
-    tuned = not fuse and _unit_split_eligible(B, T, H)
+    n = threads()
+    fuse = _fuse_input(B, n)
+    tuned = not fuse and _unit_split_eligible(B, T, H, n)
     key = (B, H, reset, x.dtype)
     path = TUNER.choose(key, _paths(T)) if tuned else "rows"
     t0 = time.perf_counter()
@@ -699,8 +706,10 @@ def forward_arrays(x: np.ndarray, h0: np.ndarray, W: np.ndarray, U: np.ndarray, 
     if h_n is None:
         h_n = np.empty((B, H), x.dtype)
     unused = _unused(x.dtype)
-    rest = (h0, U, b_U, np.full(B, T, np.int64), reverse, reset == "after", False, False, y, unused, unused, unused,
-            unused, unused, h_n)
+    lengths = np.empty(B, np.int64)
+    lengths.fill(T)
+    rest = (h0, U, b_U, lengths, reverse, reset == "after", False, False, y, unused, unused, unused, unused, unused,
+            h_n)
     _run_forward(x, W, b_W, rest, reset)
     return y, h_n
 
