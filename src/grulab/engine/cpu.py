@@ -287,20 +287,29 @@ def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, Up, b_U, lengt
 
 
 @numba.njit(**FLAGS)
-def _unit_rows(M, H, k0, nk, g0, ng):  # noqa: ANN001, ANN201
+def _unit_rows(M, H, k0, nk, g0, ng, arena, off):  # noqa: ANN001, ANN201
     """Rows ``k0 : k0 + nk`` of gate blocks ``g0 .. g0 + ng - 1`` of ``M`` (3H rows), in blocks of
-    ``ceil(H / 2)`` rows (zero-padded): one worker's rows of W or U, contiguous for one product."""
+    ``ceil(H / 2)`` rows (zero-padded): one worker's rows of W or U, contiguous for one product.
+    Written into ``arena[off:]`` when it has room (see :func:`_lend_arena`), else into a new
+    array; returns the rows and the next 64-byte-aligned offset into the arena."""
     nkmax = H - H // 2
-    out = np.zeros((ng * nkmax, M.shape[1]), M.dtype)
+    K = M.shape[1]
+    n = ng * nkmax * K
+    if off + n <= arena.shape[0]:
+        out = arena[off : off + n].reshape(ng * nkmax, K)
+        off += -(-n // 16) * 16
+    else:
+        out = np.empty((ng * nkmax, K), M.dtype)
     for i in range(ng):
         g = g0 + i
         out[i * nkmax : i * nkmax + nk] = M[g * H + k0 : g * H + k0 + nk]
-    return out
+        out[i * nkmax + nk : (i + 1) * nkmax] = 0.0
+    return out, off
 
 
 @numba.njit(**FLAGS)
 def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
-                          save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, flags):  # noqa: ANN001, ANN201
+                          save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, arena, flags):  # noqa: ANN001, ANN201
     """Worker ``w`` (0 or 1) of the late-join unit split (see above). Worker 0 runs every step: alone
     (all units, ``W``, ``U``) until worker 1 has arrived, then on units ``0 : H//2``; worker 1 runs
     units ``H//2 : H`` from the join step on, or nothing if worker 0 finished first. Each worker
@@ -311,7 +320,8 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
     whole block (one small GEMM; a T·B·3H product beforehand would need the framework's thread
     pool, whose spinning threads then compete with worker 1 for the second core), and worker 1 can
     join only there. The state alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds
-    ``r * h_prev`` (reset="before")."""
+    ``r * h_prev`` (reset="before"). Worker ``w`` copies its rows into half ``w`` of ``arena``
+    (:func:`_lend_arena`; each half is written and read by one worker only)."""
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
     out = (y, states, z_s, r_s, ht_s, uh_s)
@@ -341,7 +351,8 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
                 if join < 0 and s >= flags[_EARLIEST] and load_acquire(flags, _ARRIVE) != 0:
                     join = s
                     store_release(flags, _JOIN, s)  # publishes the state of step s - 1 with it
-                    W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B)
+                    W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B,
+                                                         arena[: arena.shape[0] // 2])
                 if join < 0:
                     t_lo = _units_inputs(s, T, nblk, reverse, 0, H, H, x, W, W_p, b_W, xw, xf)
                 else:
@@ -363,7 +374,8 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
         return
     if load_acquire(flags, _JOIN) >= T:  # started after worker 0 finished: nothing to copy or do
         return
-    W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B)
+    W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B,
+                                         arena[arena.shape[0] // 2 :])
     store_release(flags, _ARRIVE, 1)
     join = wait_until(flags, _JOIN, 0)
     if join >= T:
@@ -380,13 +392,14 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
 
 
 @numba.njit(**{**FLAGS, "inline": "always"})
-def _own_rows(W, U, H, k0, nk, after, use_panels, rows_w, rows_u):  # noqa: ANN001, ANN202
+def _own_rows(W, U, H, k0, nk, after, use_panels, rows_w, rows_u, arena):  # noqa: ANN001, ANN202
     """A worker's rows of ``W`` and ``U`` (``U`` whole for reset="after", else its ``U_zr`` and
-    ``U_h`` parts) for units ``k0 : k0 + nk``, and their panels (see :func:`_unit_rows`)."""
-    W_w = _unit_rows(W, H, k0, nk, 0, 3)
-    U_w = _unit_rows(U, H, k0, nk, 0, 3 if after else 0)
-    U_zr_w = _unit_rows(U, H, k0, nk, 0, 0 if after else 2)
-    U_h_w = _unit_rows(U, H, k0, nk, 2, 0 if after else 1)
+    ``U_h`` parts) for units ``k0 : k0 + nk``, and their panels (see :func:`_unit_rows`). The
+    rows of U go first into ``arena`` (this worker's part of it), those of W after them."""
+    U_w, off = _unit_rows(U, H, k0, nk, 0, 3 if after else 0, arena, 0)
+    U_zr_w, off = _unit_rows(U, H, k0, nk, 0, 0 if after else 2, arena, off)
+    U_h_w, off = _unit_rows(U, H, k0, nk, 2, 0 if after else 1, arena, off)
+    W_w, off = _unit_rows(W, H, k0, nk, 0, 3, arena, off)
     Up = (panels_if(U_w, use_panels, rows_u), panels_if(U_zr_w, use_panels, rows_u),
           panels_if(U_h_w, use_panels, rows_u))
     return W_w, U_w, U_zr_w, U_h_w, panels_if(W_w, use_panels, rows_w), Up
@@ -477,6 +490,32 @@ def _panels(use: bool, dtype: np.dtype, *mats: np.ndarray | None) -> tuple[np.nd
     return tuple(pack_panels(m) if use and m is not None else no_panels(dtype) for m in mats)
 
 
+_ARENAS: dict[np.dtype, np.ndarray] = {}
+HUGE_PAGE = 2 * 2**20
+
+
+def _lend_arena(I: int, H: int, dtype: np.dtype) -> np.ndarray:
+    """A buffer for the two workers' copies of their rows of ``W`` and ``U`` (one half each),
+    kept between calls and backed by transparent huge pages where the OS grants them: NumPy asks
+    for them from 4 MB up (see ``_scratch.pages_empty``) and the buffer starts on a 2 MB boundary.
+    The matrix-vector product of each batch-1 step reads its half of ``U`` from L2; from 4 KB
+    pages scattered over physical memory part of it conflicted in L2's sets and came from L3 (in
+    a hot loop on this machine, half of U at H=256, 384 KB: 4.6-5.3 against 3.7-4.3 us from a huge
+    page). Grown on demand; lent to one call at a time and given back by it (a call that finds it
+    lent out, in another thread, makes its own). Half 1 is written by worker 1 only, and worker 1
+    always runs on the one helper thread, in the order of the calls: a late helper still copying
+    into it after its call has returned finishes before the next call's helper starts."""
+    nkh = H - H // 2
+    half = -(-(3 * nkh * (H + I) + 64) // 16) * 16  # one worker's rows, each gate block 64-byte aligned
+    arena = _ARENAS.pop(dtype, None)  # atomic: a concurrent call finds nothing
+    if arena is None or arena.shape[0] < 2 * half:
+        size = max(4 * 2**20, 2 * half * dtype.itemsize + HUGE_PAGE)
+        raw = np.empty(size // dtype.itemsize, dtype)
+        start = (-raw.ctypes.data % HUGE_PAGE) // dtype.itemsize
+        arena = raw[start : start + (size - HUGE_PAGE) // dtype.itemsize]
+    return arena
+
+
 def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r,
                     h_tilde, u_h, h_n, helper: bool = True) -> None:  # noqa: ANN001
     """Run the late-join unit split: worker 0 here, worker 1 on the pool's helper thread. Without
@@ -488,11 +527,16 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     flags = np.zeros(6 * SLOT, np.int64)
     flags[_JOIN] = -1
     flags[_EARLIEST] = EARLIEST_JOIN
+    arena = _lend_arena(x.shape[2], h0.shape[1], h0.dtype) if helper else np.empty(0, h0.dtype)
     args = (INPUT_BLOCK, not helper, _panels_repaid(x.shape[0], x.shape[1]), x, W, b_W, h0, U, b_U, lengths,
-            reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, flags)
-    if helper:
-        submit_helper(_gru_fwd_units_worker, 1, *args)
-    flushing_call(_gru_fwd_units_worker, 0, *args)
+            reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, arena, flags)
+    try:
+        if helper:
+            submit_helper(_gru_fwd_units_worker, 1, *args)
+        flushing_call(_gru_fwd_units_worker, 0, *args)
+    finally:
+        if helper:
+            _ARENAS[h0.dtype] = arena  # given back (see _lend_arena)
     # No wait for the helper's future: worker 0 returns after worker 1 has set its done flag (its
     # part of the outputs is written), or after telling it not to join (it then touches nothing).
     # Waiting for the future to complete cost a thread wake-up per call (18 us after an idle spell).
