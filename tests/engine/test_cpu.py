@@ -193,9 +193,9 @@ def test_small_batch_unit_split_matches_reference(reset, helper, earliest, B, H,
 
 @pytest.mark.parametrize("arena", ["kept", "none"])
 def test_unit_split_weight_copies_in_the_kept_arena_or_their_own_arrays(arena, monkeypatch):
-    """The workers copy their rows of W and U into halves of a kept, 2 MB-aligned buffer that the
-    next call is lent again; with no room there (an empty arena) they allocate their own copies.
-    Both give the reference's values."""
+    """The workers copy their rows of U and W and W's panels into halves of a kept, 2 MB-aligned
+    buffer that the next call is lent again; with no room there (an empty arena) they allocate
+    their own copies. Both give the reference's values."""
     from grulab.engine import cpu
 
     if cpu.threads() < 2:
@@ -206,11 +206,12 @@ def test_unit_split_weight_copies_in_the_kept_arena_or_their_own_arrays(arena, m
     for dtype in (torch.float64, torch.float32):
         compare(make_args(9, 1, 6, 70, dtype, seed=7, scale=70**-0.5), "before", None, False, "cpu", dtype)
     if arena == "kept":
-        kept = cpu._ARENAS[np.dtype(np.float32)]
-        assert kept.ctypes.data % cpu.HUGE_PAGE == 0 and kept.shape[0] >= 2 * 3 * 35 * (70 + 6)
+        from grulab.engine import _scratch
+
+        kept = _scratch._PAGES[("gru.units", np.dtype(np.float32))]
+        assert kept.shape[0] >= 2 * 3 * 35 * (70 + 2 * 6)  # rows of U, rows and panels of W
         assert cpu._lend_arena(6, 70, np.dtype(np.float32)) is kept  # lent again, not allocated
-        assert np.dtype(np.float32) not in cpu._ARENAS  # while lent, a concurrent call makes its own
-        cpu._ARENAS[np.dtype(np.float32)] = kept
+        cpu.give_back("gru.units", kept)
 
 
 def test_unit_split_helper_arriving_after_the_end_is_harmless(monkeypatch):

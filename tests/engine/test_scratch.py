@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,22 @@ def test_pages_empty_gives_a_writable_tensor_of_the_shape_and_dtype():
         assert t.shape == (3, 4, 5) and t.dtype == dtype and t.is_contiguous()
         t.fill_(2.0)
         assert float(t.sum()) == 120.0
+
+
+def test_page_buffers_are_aligned_kept_lent_once_and_released():
+    from grulab.engine import _scratch
+
+    dt = np.dtype(np.float32)
+    a = _scratch.lend_pages("test.pages", 1000, dt)
+    assert a.ndim == 1 and a.shape[0] >= 1000 and a.ctypes.data % _scratch.HUGE_PAGE == 0
+    b = _scratch.lend_pages("test.pages", 1000, dt)  # lent out: a second caller gets its own
+    assert b.ctypes.data != a.ctypes.data
+    _scratch.give_back("test.pages", a)
+    assert _scratch.lend_pages("test.pages", 500, dt) is a  # kept, and large enough
+    big = _scratch.lend_pages("test.pages", _scratch.PAGES_MAX_BYTES // 4 + 1, dt)
+    assert big.shape[0] == 0  # too large to keep: the caller allocates as it would without
+    _scratch.give_back("test.pages", a)
+    _scratch.give_back("test.pages", big)  # an empty buffer does not replace the kept one
+    assert _scratch._PAGES[("test.pages", dt)] is a
+    _scratch.release_scratch()
+    assert ("test.pages", dt) not in _scratch._PAGES

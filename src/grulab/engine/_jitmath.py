@@ -303,9 +303,21 @@ def reads_panels(rows, nbytes):  # noqa: ANN001, ANN201
 def panels_if(Bm, use, rows):  # noqa: ANN001, ANN201
     """The panels of ``Bm`` when a product of ``rows`` rows by it reads them (``use`` and
     :func:`reads_panels`), else empty panels: the compiled counterpart of packing per call."""
+    return panels_at(Bm, use, rows, np.empty(0, Bm.dtype), 0)
+
+
+@njit(**FLAGS)
+def panels_at(Bm, use, rows, arena, off):  # noqa: ANN001, ANN201
+    """:func:`panels_if`, the panels written into ``arena[off:]`` when it has room for them (a
+    kept buffer, see ``cpu._lend_arena``), else into a new array."""
     NR = PANEL_VECTORS * 64 // Bm.itemsize
     if use and reads_panels(rows, Bm.size * Bm.itemsize):
-        P = np.empty((-(-Bm.shape[0] // NR), Bm.shape[1], NR), Bm.dtype)
+        np_ = -(-Bm.shape[0] // NR)
+        n = np_ * Bm.shape[1] * NR
+        if off + n <= arena.shape[0]:
+            P = arena[off : off + n].reshape(np_, Bm.shape[1], NR)
+        else:
+            P = np.empty((np_, Bm.shape[1], NR), Bm.dtype)
         pack_panels_into(Bm, P)
         return P
     return np.zeros((0, 1, NR), Bm.dtype)

@@ -61,6 +61,36 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Iterator[T
         _FREE[key] = buf
 
 
+HUGE_PAGE = 2 * 2**20
+PAGES_MAX_BYTES = 64 * 2**20  # the largest page-aligned buffer kept
+_PAGES: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+
+def lend_pages(name: str, n: int, dtype: np.dtype) -> np.ndarray:
+    """A 1-D array of at least ``n`` elements that starts on a 2 MB boundary and lies in
+    transparent huge pages where the OS grants them (NumPy asks from 4 MB up, see
+    :func:`pages_empty`): physically contiguous memory, whose lines spread evenly over the cache
+    sets. Kept under ``name`` between calls and lent to one caller at a time (a caller that finds
+    it lent out, in another thread, gets one of its own); :func:`give_back` returns it. Empty when
+    ``n`` elements exceed ``PAGES_MAX_BYTES`` (the caller then allocates as it would without)."""
+    if n * dtype.itemsize > PAGES_MAX_BYTES:
+        return np.empty(0, dtype)
+    buf = _PAGES.pop((name, dtype), None)  # atomic: a concurrent call finds nothing
+    if buf is None or buf.shape[0] < n:
+        size = max(4 * 2**20, n * dtype.itemsize + HUGE_PAGE)
+        raw = np.empty(size // dtype.itemsize, dtype)
+        start = (-raw.ctypes.data % HUGE_PAGE) // dtype.itemsize
+        buf = raw[start : start + (size - HUGE_PAGE) // dtype.itemsize]
+    return buf
+
+
+def give_back(name: str, buf: np.ndarray) -> None:
+    """Keep ``buf`` (from :func:`lend_pages`) for the next caller of ``name``."""
+    if buf.shape[0]:
+        _PAGES[(name, buf.dtype)] = buf
+
+
 def release_scratch() -> None:
     """Free every scratch buffer kept between calls (they are allocated again on the next call)."""
     _FREE.clear()
+    _PAGES.clear()

@@ -46,6 +46,7 @@ from grulab.engine._jitmath import (
     matmul_t,
     no_panels,
     pack_panels,
+    panels_at,
     panels_if,
     reads_panels,
     sigmoid32,
@@ -56,7 +57,7 @@ from grulab.engine._jitmath import (
     wait_until,
 )
 from grulab.engine._pool import chunks, cpus_available, flushing_call, run_chunks, submit_helper, threads
-from grulab.engine._scratch import pages_empty, scratch
+from grulab.engine._scratch import give_back, lend_pages, pages_empty, scratch
 
 
 def sigmoid(x):  # noqa: ANN001, ANN201  (Python body: used only when NUMBA_DISABLE_JIT=1)
@@ -286,24 +287,29 @@ def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, Up, b_U, lengt
     return phase
 
 
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _arena_size(n):  # noqa: ANN001, ANN202
+    """Elements that ``n`` elements take in an arena: rounded up to 16, so the next block starts on
+    a 64-byte boundary (float32; 128 bytes for float64)."""
+    return -(-n // 16) * 16
+
+
 @numba.njit(**FLAGS)
 def _unit_rows(M, H, k0, nk, g0, ng, arena, off):  # noqa: ANN001, ANN201
     """Rows ``k0 : k0 + nk`` of gate blocks ``g0 .. g0 + ng - 1`` of ``M`` (3H rows), in blocks of
-    ``ceil(H / 2)`` rows (zero-padded): one worker's rows of W or U, contiguous for one product.
-    Written into ``arena[off:]`` when it has room (see :func:`_lend_arena`), else into a new
-    array; returns the rows and the next 64-byte-aligned offset into the arena."""
-    nkmax = H - H // 2
+    ``nk`` rows: one worker's rows of W or U, contiguous for one product. Written into
+    ``arena[off:]`` when it has room (see :func:`_lend_arena`), else into a new array; returns
+    the rows and the next 64-byte-aligned offset into the arena."""
     K = M.shape[1]
-    n = ng * nkmax * K
+    n = ng * nk * K
     if off + n <= arena.shape[0]:
-        out = arena[off : off + n].reshape(ng * nkmax, K)
-        off += -(-n // 16) * 16
+        out = arena[off : off + n].reshape(ng * nk, K)
+        off += _arena_size(n)
     else:
-        out = np.empty((ng * nkmax, K), M.dtype)
+        out = np.empty((ng * nk, K), M.dtype)
     for i in range(ng):
         g = g0 + i
-        out[i * nkmax : i * nkmax + nk] = M[g * H + k0 : g * H + k0 + nk]
-        out[i * nkmax + nk : (i + 1) * nkmax] = 0.0
+        out[i * nk : (i + 1) * nk] = M[g * H + k0 : g * H + k0 + nk]
     return out, off
 
 
@@ -313,7 +319,8 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
     """Worker ``w`` (0 or 1) of the late-join unit split (see above). Worker 0 runs every step: alone
     (all units, ``W``, ``U``) until worker 1 has arrived, then on units ``0 : H//2``; worker 1 runs
     units ``H//2 : H`` from the join step on, or nothing if worker 0 finished first. Each worker
-    copies its units' rows of W and U (gate blocks of ``ceil(H / 2)`` rows) when it starts on them,
+    copies its units' rows of W and U (gate blocks of as many rows as it has units) when it starts
+    on them,
     and packs them into panels where ``use_panels`` and :func:`_jitmath.matmul_t` would read them;
     ``solo`` (no helper will come) packs the full matrices so from the first step. Steps go in
     blocks of ``nblk``: at the start of a block each worker computes its units' input side for the
@@ -325,7 +332,6 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
     out = (y, states, z_s, r_s, ht_s, uh_s)
-    nkh = H - H // 2  # ceil(H / 2): a split gate block
     u = np.empty((B, 3 * H), h0.dtype)  # scratch for either mode ([z | r | h] blocks of nkmax)
     xw = np.empty((nblk * B, 3 * H), h0.dtype)
     xf = np.empty((nblk, B, 3 * H), h0.dtype)
@@ -334,7 +340,7 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
     r = np.empty((B, H), h0.dtype)
     ht = np.empty((B, H), h0.dtype)
     rhbuf = hbuf[2]
-    k0, nk = w * (H // 2), H // 2 if w == 0 else H - H // 2  # this worker's units once split
+    k0, nk = (0, H // 2) if w == 0 else (H // 2, H - H // 2)  # this worker's units once split
     U_zr, U_h = U[: 2 * H], U[2 * H :]
     none = U[:0]  # a matrix the candidate does not use
     phase = 0
@@ -356,13 +362,13 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
                 if join < 0:
                     t_lo = _units_inputs(s, T, nblk, reverse, 0, H, H, x, W, W_p, b_W, xw, xf)
                 else:
-                    t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W, W_p, b_W, xw, xf)
+                    t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nk, x, W, W_p, b_W, xw, xf)
             if join < 0:
                 phase = _units_step(t, 0, False, 0, H, H, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
                                     save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z,
                                     r, ht, flags, phase)
             else:
-                phase = _units_step(t, 0, True, k0, nk, nkh, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
+                phase = _units_step(t, 0, True, k0, nk, nk, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
                                     save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z,
                                     r, ht, flags, phase)
         if join < 0:
@@ -383,8 +389,8 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
     for s in range(join, T):
         t = T - 1 - s if reverse else s
         if s % nblk == 0:
-            t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nkh, x, W, W_p, b_W, xw, xf)
-        phase = _units_step(t, 1, True, k0, nk, nkh, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
+            t_lo = _units_inputs(s, T, nblk, reverse, k0, nk, nk, x, W, W_p, b_W, xw, xf)
+        phase = _units_step(t, 1, True, k0, nk, nk, xf[t - t_lo], U, U_zr, U_h, Up, b_U, lengths, after,
                             save_states, save_gates, out, hbuf[s % 2], hbuf[(s + 1) % 2], rhbuf, u, uh, z, r, ht,
                             flags, phase)
     h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
@@ -395,14 +401,18 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
 def _own_rows(W, U, H, k0, nk, after, use_panels, rows_w, rows_u, arena):  # noqa: ANN001, ANN202
     """A worker's rows of ``W`` and ``U`` (``U`` whole for reset="after", else its ``U_zr`` and
     ``U_h`` parts) for units ``k0 : k0 + nk``, and their panels (see :func:`_unit_rows`). The
-    rows of U go first into ``arena`` (this worker's part of it), those of W after them."""
+    rows of U go first into ``arena`` (this worker's part of it), then the panels of W (the two
+    that the steps read, contiguous in physical memory when the arena has huge pages: no L2 set
+    holds more of them than of any other), then the rows of W (read only to pack them)."""
     U_w, off = _unit_rows(U, H, k0, nk, 0, 3 if after else 0, arena, 0)
     U_zr_w, off = _unit_rows(U, H, k0, nk, 0, 0 if after else 2, arena, off)
     U_h_w, off = _unit_rows(U, H, k0, nk, 2, 0 if after else 1, arena, off)
-    W_w, off = _unit_rows(W, H, k0, nk, 0, 3, arena, off)
+    NR = 128 // W.itemsize  # columns of a panel (_jitmath.panel_width)
+    W_w, _ = _unit_rows(W, H, k0, nk, 0, 3, arena, off + _arena_size(-(-3 * nk // NR) * NR * W.shape[1]))
+    W_p = panels_at(W_w, use_panels, rows_w, arena, off)
     Up = (panels_if(U_w, use_panels, rows_u), panels_if(U_zr_w, use_panels, rows_u),
           panels_if(U_h_w, use_panels, rows_u))
-    return W_w, U_w, U_zr_w, U_h_w, panels_if(W_w, use_panels, rows_w), Up
+    return W_w, U_w, U_zr_w, U_h_w, W_p, Up
 
 
 def _unit_split_eligible(B: int, T: int, H: int, n: int | None = None) -> bool:
@@ -490,30 +500,20 @@ def _panels(use: bool, dtype: np.dtype, *mats: np.ndarray | None) -> tuple[np.nd
     return tuple(pack_panels(m) if use and m is not None else no_panels(dtype) for m in mats)
 
 
-_ARENAS: dict[np.dtype, np.ndarray] = {}
-HUGE_PAGE = 2 * 2**20
-
-
 def _lend_arena(I: int, H: int, dtype: np.dtype) -> np.ndarray:
-    """A buffer for the two workers' copies of their rows of ``W`` and ``U`` (one half each),
-    kept between calls and backed by transparent huge pages where the OS grants them: NumPy asks
-    for them from 4 MB up (see ``_scratch.pages_empty``) and the buffer starts on a 2 MB boundary.
-    The matrix-vector product of each batch-1 step reads its half of ``U`` from L2; from 4 KB
-    pages scattered over physical memory part of it conflicted in L2's sets and came from L3 (in
-    a hot loop on this machine, half of U at H=256, 384 KB: 4.6-5.3 against 3.7-4.3 us from a huge
-    page). Grown on demand; lent to one call at a time and given back by it (a call that finds it
-    lent out, in another thread, makes its own). Half 1 is written by worker 1 only, and worker 1
-    always runs on the one helper thread, in the order of the calls: a late helper still copying
-    into it after its call has returned finishes before the next call's helper starts."""
-    nkh = H - H // 2
-    half = -(-(3 * nkh * (H + I) + 64) // 16) * 16  # one worker's rows, each gate block 64-byte aligned
-    arena = _ARENAS.pop(dtype, None)  # atomic: a concurrent call finds nothing
-    if arena is None or arena.shape[0] < 2 * half:
-        size = max(4 * 2**20, 2 * half * dtype.itemsize + HUGE_PAGE)
-        raw = np.empty(size // dtype.itemsize, dtype)
-        start = (-raw.ctypes.data % HUGE_PAGE) // dtype.itemsize
-        arena = raw[start : start + (size - HUGE_PAGE) // dtype.itemsize]
-    return arena
+    """A buffer for the two workers' copies of their rows of ``U`` and ``W`` and the panels of
+    ``W`` (one half each), kept between calls in huge pages (``_scratch.lend_pages``). The
+    matrix-vector product of each batch-1 step reads its half of ``U`` from L2; from 4 KB pages
+    scattered over physical memory part of it conflicted in L2's sets and came from L3 (in a hot
+    loop on this machine, half of U at H=256, 384 KB: 4.6-5.3 against 3.7-4.3 us from a huge
+    page). Lent to one call at a time and given back by it. Half 1 is written by worker 1 only,
+    and worker 1 always runs on the one helper thread, in the order of the calls: a late helper
+    still copying into it after its call has returned finishes before the next call's helper
+    starts."""
+    nk = H - H // 2  # the most units a worker has
+    NR = 128 // dtype.itemsize
+    half = 3 * nk * H + 2 * (3 * nk + NR) * I + 4 * 16  # one worker's rows of U, panels and rows of W, aligned
+    return lend_pages("gru.units", 2 * half, dtype)
 
 
 def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r,
@@ -536,7 +536,7 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
         flushing_call(_gru_fwd_units_worker, 0, *args)
     finally:
         if helper:
-            _ARENAS[h0.dtype] = arena  # given back (see _lend_arena)
+            give_back("gru.units", arena)  # (see _lend_arena)
     # No wait for the helper's future: worker 0 returns after worker 1 has set its done flag (its
     # part of the outputs is written), or after telling it not to join (it then touches nothing).
     # Waiting for the future to complete cost a thread wake-up per call (18 us after an idle spell).
