@@ -39,6 +39,14 @@ FLAGS = {"fastmath": FASTMATH, "error_model": "numpy", "cache": True, "nogil": T
 # these semantics when LLVM inlines the functions into the (reassociating) kernels.
 TILE = {**FLAGS, "inline": "always"}  # tiles inline into gemm_nt's loops (a call per tile cost ~15%)
 ACTIVATION = {"fastmath": FASTMATH - {"reassoc"}, "error_model": "numpy", "cache": True, "nogil": True}
+# A step body that runs thousands of times per call and allocates nothing compiles without Numba's
+# reference counting (``_nrt=False``: a decorator option that Numba marks internal; the pinned version
+# is tested with it). Otherwise every array view it makes or receives costs an atomic increment and
+# decrement of its owner's count; the unit split's step, inlined into its worker's loop, made enough
+# of them to double a batch-1 step at H=64 (1.87 against 0.92 us; H=128: 2.17-2.21 against
+# 1.73-1.90; one stream step at H=64: 2.57 against 1.99 us). Such a function must not allocate (it
+# would not compile) and must not return a new array.
+STEP = {**FLAGS, "_nrt": False}
 
 if numba.config.DISABLE_JIT:  # pure-Python fallback so the kernels run (and are covered) without JIT
 

@@ -40,6 +40,7 @@ from torch import Tensor
 from grulab.engine._jitmath import (
     FLAGS,
     SLOT,
+    STEP,
     barrier,
     copy_row,
     load_acquire,
@@ -243,7 +244,7 @@ def _units_inputs(s, T, nblk, reverse, k0, nk, nkmax, x, Ww, Ww_p, b_W, xw, xf):
     return t_lo
 
 
-@numba.njit(**{**FLAGS, "inline": "always"})
+@numba.njit(**STEP)
 def _units_step(t, w, split, k0, nk, nkmax, xin, Uw, Uzr_w, Uh_w, Up, b_U, lengths, after, save_states, save_gates,
                 out, hin, hout, rhbuf, u, uh, z, r, ht, flags, phase):  # noqa: ANN001, ANN202
     """One step of eqs. (1)-(4) for units ``k0 : k0 + nk`` of every row, with their rows of U

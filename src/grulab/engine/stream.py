@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from grulab.engine._jitmath import FLAGS, FTZ_DAZ, matmul_t, mxcsr, no_panels, pack_panels
+from grulab.engine._jitmath import FTZ_DAZ, STEP, matmul_t, mxcsr, no_panels, pack_panels
 from grulab.engine.cpu import sigmoid, tanh
 
 
-@numba.njit(**FLAGS)
+@numba.njit(**STEP)
 def _stream_step(x, W0, W_rest, U, b_W, b_U, h, xp, u, rh, uh, after, W0_p, W_p, U_p, Uzr_p,
                  Uh_p):  # noqa: ANN001, ANN201
     """One step of an L-layer GRU. ``x (B, I)``; ``h (L, B, H)`` updated in place. In float32 the
