@@ -39,12 +39,14 @@ from torch import Tensor
 
 from grulab.engine._jitmath import (
     FLAGS,
+    FTZ_DAZ,
     SLOT,
     STEP,
     barrier,
     copy_row,
     load_acquire,
     matmul_t,
+    mxcsr,
     no_panels,
     pack_panels,
     panels_at,
@@ -57,7 +59,7 @@ from grulab.engine._jitmath import (
     tanh64,
     wait_until,
 )
-from grulab.engine._pool import chunks, cpus_available, flushing_call, run_chunks, submit_helper, threads
+from grulab.engine._pool import chunks, cpus_available, run_chunks, submit_helper, threads
 from grulab.engine._scratch import give_back, lend_pages, pages_empty, scratch
 
 
@@ -317,6 +319,22 @@ def _unit_rows(M, H, k0, nk, g0, ng, arena, off):  # noqa: ANN001, ANN201
 @numba.njit(**FLAGS)
 def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
                           save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, arena, flags):  # noqa: ANN001, ANN201
+    """:func:`_units_worker` with flush-to-zero on in float32 (see ``_pool.flushing_call``), switched
+    here rather than by two more compiled calls around it: after an idle spell each call from
+    Python cost tens of microseconds. As in the stream step, an operation the compiler moved
+    across the switch would only round values below 1.2e-38 differently."""
+    mode = mxcsr(-1) if h0.itemsize == 4 else -1
+    if mode >= 0:
+        mxcsr(mode | FTZ_DAZ)
+    _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates,
+                  y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, arena, flags)
+    if mode >= 0:
+        mxcsr(mode)
+
+
+@numba.njit(**FLAGS)
+def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
+                  save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, arena, flags):  # noqa: ANN001, ANN201
     """Worker ``w`` (0 or 1) of the late-join unit split (see above). Worker 0 runs every step: alone
     (all units, ``W``, ``U``) until worker 1 has arrived, then on units ``0 : H//2``; worker 1 runs
     units ``H//2 : H`` from the join step on, or nothing if worker 0 finished first. Each worker
@@ -534,7 +552,7 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     try:
         if helper:
             submit_helper(_gru_fwd_units_worker, 1, *args)
-        flushing_call(_gru_fwd_units_worker, 0, *args)
+        _gru_fwd_units_worker(0, *args)  # (it sets flush-to-zero itself)
     finally:
         if helper:
             give_back("gru.units", arena)  # (see _lend_arena)
