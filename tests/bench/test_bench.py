@@ -49,9 +49,11 @@ def test_bounds_are_floors_of_the_measured_rows():
 
 def test_alternating_timer_and_flops():
     calls = []
-    timing = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
-    assert calls == ["a", "b"] + ["a", "b"] * 3
-    assert set(timing) == {"a", "b"} and all(v["min"] <= v["median"] <= v["max"] for v in timing.values())
+    timing = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                               "c": lambda: calls.append("c")}, repeats=4, warmup=1)
+    # warm-up, then rounds that start one contestant further along: each follows each other equally
+    assert calls == ["a", "b", "c"] + ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert set(timing) == {"a", "b", "c"} and all(v["min"] <= v["median"] <= v["max"] for v in timing.values())
     assert gru_flops(2, 3, 4, 5, False) == 2 * 2 * 3 * 15 * 9
     assert gru_flops(1, 1, 1, 1, True) == 2 * 3 * 2 + 2 * 3 * 3
 

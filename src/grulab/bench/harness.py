@@ -72,15 +72,22 @@ def time_alternating(contestants: Contestants, repeats: int, warmup: int = 7,
     ``settle`` seconds of sleep precede each call: thread pools spin for a while after a call
     (ONNX Runtime's by default, for 20-40 ms here; OpenMP's under torch), and a spinning pool left
     by one contestant would take a core from the next one's call (a two-thread grulab run right
-    after ONNX Runtime took 21.8 ms instead of 11.2 with a 20 ms pause, 11.9 with 40 ms)."""
+    after ONNX Runtime took 21.8 ms instead of 11.2 with a 20 ms pause, 11.9 with 40 ms).
+
+    Each round starts one contestant further along, so every contestant follows every other one
+    equally often: on this machine the first call after the idle that follows some contestants
+    paid for it (after the GRUCell loop, allocating and writing 250 KB took 450-900 us against
+    30-45 us for the same code right after it), and a fixed order put that on one contestant."""
     for fn in contestants.values():
         for _ in range(warmup):  # under the timed calls' conditions (idle first), which a tuner learns
             if settle:
                 time.sleep(settle)
             fn()
     samples: dict[str, list[float]] = {k: [] for k in contestants}
-    for _ in range(repeats):
-        for name, fn in contestants.items():
+    names = list(contestants)
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            fn = contestants[name]
             if settle:
                 time.sleep(settle)
             t0 = time.perf_counter()
