@@ -470,25 +470,6 @@ def test_parameter_arrays_follow_every_change_of_the_parameters():
     check(gru.double(), x.double())
 
 
-def test_helper_thread_runs_submitted_kernels_and_keeps_their_errors():
-    import threading
-
-    from grulab.engine import _pool
-
-    done = threading.Event()
-    where = []
-    _pool.submit_helper(lambda a: where.append(threading.get_native_id()) or done.set(), np.zeros(1))
-    assert done.wait(10) and where[0] != threading.get_native_id() and where[0] == _pool._HELPER_TID[0]
-
-    def fails(a):
-        raise RuntimeError("kernel failed")
-
-    _pool.submit_helper(fails, np.zeros(1))
-    done.clear()
-    _pool.submit_helper(lambda a: done.set(), np.zeros(1))  # the thread goes on after an error
-    assert done.wait(10) and "kernel failed" in str(_pool._HELPER[0].errors[-1])
-
-
 def test_unit_split_needs_two_cpus_for_the_calling_thread(monkeypatch):
     """A caller pinned to one CPU would put the helper on that CPU too (a barrier per step that
     waits for a time slice): the unit split is not among the paths measured then."""

@@ -1,4 +1,5 @@
-"""The chunk launcher of the variant engines: every chunk runs once, errors surface, forks work."""
+"""The chunk launcher of the variant engines (every chunk runs once, errors surface, forks work) and the
+unit split's helper thread."""
 
 import multiprocessing as mp
 import threading
@@ -88,3 +89,18 @@ def test_stale_kernel_caches_are_dropped_when_an_engine_source_is_newer(tmp_path
     os.utime(fresh, (3000, 3000))
     assert _drop_stale_kernel_caches(tmp_path) == 2
     assert not any(f.exists() for f in old) and fresh.exists() and keep.exists()
+
+
+def test_helper_thread_runs_submitted_kernels_and_keeps_their_errors():
+    done = threading.Event()
+    where = []
+    _pool.submit_helper(lambda a: where.append(threading.get_native_id()) or done.set(), [0.0])
+    assert done.wait(10) and where[0] != threading.get_native_id() and where[0] == _pool._HELPER_TID[0]
+
+    def fails(a):
+        raise RuntimeError("kernel failed")
+
+    _pool.submit_helper(fails, [0.0])
+    done.clear()
+    _pool.submit_helper(lambda a: done.set(), [0.0])  # the thread goes on after an error
+    assert done.wait(10) and "kernel failed" in str(_pool._HELPER[0].errors[-1])
