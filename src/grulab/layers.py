@@ -431,18 +431,22 @@ class GRU(_Recurrent):
     def _param_arrays(self) -> tuple[torch.dtype, list[tuple]] | None:
         """``(dtype, [(W, U, b_W, b_U) per layer and direction])``: NumPy views of the parameters
         (their memory: in-place updates show), kept while every parameter is the same object at
-        the same address; ``None`` unless all are CPU float32 or float64 tensors."""
+        the same address; ``None`` unless all are contiguous CPU float32 or float64 tensors."""
         params = tuple(self._parameters.values())
-        key = tuple(p.data_ptr() for p in params)
         cached = self.__dict__.get("_arrays_cache")
-        if cached is not None and cached[0] == key and all(map(operator.is_, cached[1], params)):
+        if (cached is not None and len(cached[1]) == len(params) and all(map(operator.is_, cached[1], params))
+                and cached[0] == tuple(p.data_ptr() for p in params)):
             return cached[2]
         per = 4 if self.bias else 2
-        dtype = params[0].dtype if params else None
-        if (len(params) != per * self.num_layers * self.num_directions or dtype not in (torch.float32, torch.float64)
-                or any(not p.is_cpu or p.dtype != dtype for p in params)):
+        if len(params) != per * self.num_layers * self.num_directions or any(p is None for p in params):
             return None  # (a subclass that registered parameters of its own takes the general path)
+        dtype = params[0].dtype
+        if dtype not in (torch.float32, torch.float64) or any(not p.is_cpu or p.dtype != dtype for p in params):
+            return None
+        key = tuple(p.data_ptr() for p in params)
         views = [p.detach().numpy() for p in params]
+        if not all(v.flags.c_contiguous for v in views):
+            return None  # (parameters given strided memory: the general path copies them for the kernels)
         groups = [(*views[i : i + 2], *(views[i + 2 : i + 4] if self.bias else (None, None)))
                   for i in range(0, len(views), per)]
         self.__dict__["_arrays_cache"] = (key, params, (dtype, groups))

@@ -468,6 +468,17 @@ def test_parameter_arrays_follow_every_change_of_the_parameters():
         check(clone, x)
     check(gru, x)
     check(gru.double(), x.double())
+    gru.U_l0.data = torch.randn(15, 5, dtype=torch.float64).t().contiguous().t()  # strided memory
+    assert not gru.U_l0.is_contiguous() and gru._param_arrays() is None  # the general path runs it
+    with torch.no_grad():
+        y = gru(x.double())[0]
+    fresh = grulab.GRU(3, 5).double()
+    fresh.load_state_dict(gru.state_dict())
+    with torch.no_grad():
+        assert torch.equal(y, fresh(x.double())[0])
+    gru.W_l0 = None  # a parameter set to None: the general path (and its error)
+    with torch.no_grad(), pytest.raises((TypeError, AttributeError, ValueError)):
+        gru(x.double())
 
 
 def test_unit_split_needs_two_cpus_for_the_calling_thread(monkeypatch):
