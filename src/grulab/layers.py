@@ -420,9 +420,7 @@ class GRU(_Recurrent):
         arrays = self._param_arrays()
         shape = input.shape
         if (arrays is None or len(shape) != 3 or shape[2] != self.input_size or shape[0] == 0 or shape[1] == 0
-                or input.dtype != arrays[0] or not input.is_cpu or self.check_finite
-                or self.backend not in _ARRAY_BACKENDS or (self.dropout and self.training and self.num_layers > 1)
-                or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                or input.dtype != arrays[0] or not input.is_cpu or self.check_finite or not self._arrays_allowed()):
             return None
         x = input.transpose(0, 1) if self.batch_first else input
         h0 = None if hx is None else self._check_hx(hx, x.shape[1], True, x)[0]
@@ -480,15 +478,16 @@ class GRU(_Recurrent):
         """Whether this call can take the array path: the fused CPU engine would run, no backward
         can follow (grad mode off, or nothing requires a gradient), no dropout is drawn, and no
         tracer or compiler is recording the call."""
-        if self.backend not in _ARRAY_BACKENDS or x.device.type != "cpu" \
-                or x.dtype not in (torch.float32, torch.float64):
-            return False
-        if self.dropout and self.training and self.num_layers > 1:
-            return False
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if not self._arrays_allowed() or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
             return False
         params = self._parameters.values() if not self._modules else self.parameters()  # no generator walk
         return not grad_needed(x, h0, *params)
+
+    def _arrays_allowed(self) -> bool:
+        """What the array path needs of the module and the moment: a backend that runs the fused
+        CPU engine, no dropout to draw, no tracer or compiler recording the call."""
+        return (self.backend in _ARRAY_BACKENDS and not (self.dropout and self.training and self.num_layers > 1)
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
     def _run_arrays(self, x: Tensor, h0: Tensor | None, params: list[tuple]) -> tuple[Tensor, State]:
         """Inference on arrays: every layer and direction through ``engine.cpu.forward_arrays``,
