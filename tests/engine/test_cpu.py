@@ -284,6 +284,29 @@ def test_small_batch_single_thread_paths_match_reference(path, monkeypatch):
     assert not submitted  # neither starts a helper thread
 
 
+@pytest.mark.parametrize("T, B, I, H, path", [(1, 1, 3, 40, "solo"), (5, 6, 4, 24, "solo"), (2, 8, 256, 512, "rows")])
+def test_short_calls_on_small_batches_run_on_one_thread_without_a_framework_product(T, B, I, H, path, monkeypatch):
+    """A call of a few steps runs "solo" (one thread, its own input products) while its products
+    are small, the rows path above; the same path for the shape every time, with or without
+    autograd, with lengths; both give the reference's values."""
+    from grulab.engine import cpu
+
+    if cpu._fuse_input(B):
+        pytest.skip("a batch this large fuses its input products with one thread")
+    taken = []
+    orig_split, orig_chunks = cpu._fwd_unit_split, cpu.run_chunks
+    monkeypatch.setattr(cpu, "_fwd_unit_split", lambda *a, helper: taken.append("units" if helper else "solo")
+                        or orig_split(*a, helper=helper))
+    monkeypatch.setattr(cpu, "run_chunks", lambda kernel, *a: (kernel is cpu._gru_fwd_rows and taken.append("rows"))
+                        or orig_chunks(kernel, *a))
+    monkeypatch.setattr(cpu, "submit_helper", lambda *a: pytest.fail("a short call started the helper thread"))
+    lengths = torch.tensor(([T, max(T - 1, 0), 0] + [T] * B)[:B]) if B > 1 else None
+    for reset in ("after", "before"):
+        compare(make_args(T, B, I, H, torch.float64, seed=T, scale=0.2), reset, lengths, False, "cpu", torch.float64)
+        compare(make_args(T, B, I, H, torch.float32, seed=T, scale=0.2), reset, None, True, "cpu", torch.float32)
+    assert taken and set(taken) == {path}
+
+
 def test_float32_kernels_flush_subnormals_and_restore_the_thread_mode():
     """Saturated gates make subnormal products; the float32 kernels run with flush-to-zero on and
     give the reference's results, and the calling thread's floating-point mode is restored."""
