@@ -411,45 +411,54 @@ class GRU(_Recurrent):
     def _fast_forward(self, input: Any, hx: Any, lengths: Any) -> tuple[Tensor, Tensor] | None:
         """Inference on a batched CPU tensor without ``lengths`` under ``torch.no_grad`` (or
         ``inference_mode``): the array path of :meth:`_run_arrays` reached with the fewest
-        framework calls (after an idle spell each distinct one cost 25-130 us on this machine; a
-        cold batch-1 call reached ``forward_arrays`` after ~400 us on the general path, ~260 on
-        this one). Anything else, including every input the general path would reject, returns
-        ``None``."""
+        framework calls. After an idle spell each distinct one cost 20-90 us on this machine, so
+        the input's shape, dtype and device are read off its NumPy view (one call) rather than
+        asked of the tensor (three). Anything else, including every input the general path would
+        reject, returns ``None``."""
         if lengths is not None or type(input) is not Tensor or torch.is_grad_enabled():
             return None
         arrays = self._param_arrays()
-        shape = input.shape
-        if (arrays is None or len(shape) != 3 or shape[2] != self.input_size or shape[0] == 0 or shape[1] == 0
-                or input.dtype != arrays[0] or not input.is_cpu or self.check_finite or not self._arrays_allowed()):
+        if arrays is None or self.check_finite or not self._arrays_allowed():
             return None
-        x = input.transpose(0, 1) if self.batch_first else input
-        h0 = None if hx is None else self._check_hx(hx, x.shape[1], True, x)[0]
+        try:
+            x = input.numpy()  # its memory; raises for another device, a gradient, a dtype NumPy lacks
+        except (RuntimeError, TypeError):
+            return None
+        shape = x.shape
+        if len(shape) != 3 or shape[2] != self.input_size or shape[0] == 0 or shape[1] == 0 or x.dtype != arrays[0]:
+            return None
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        h0 = None if hx is None else self._check_hx(hx, x.shape[1], True, input)[0]
         y, (h_n,) = self._run_arrays(x, h0, arrays[1])
         return (y.transpose(0, 1) if self.batch_first else y), h_n
 
-    def _param_arrays(self) -> tuple[torch.dtype, list[tuple]] | None:
+    def _param_arrays(self) -> tuple[np.dtype, list[tuple]] | None:
         """``(dtype, [(W, U, b_W, b_U) per layer and direction])``: NumPy views of the parameters
         (their memory: in-place updates show), kept while every parameter is the same object at
         the same address; ``None`` unless all are contiguous CPU float32 or float64 tensors."""
-        params = tuple(self._parameters.values())
+        params = self._parameters
         cached = self.__dict__.get("_arrays_cache")
-        if (cached is not None and len(cached[1]) == len(params) and all(map(operator.is_, cached[1], params))
-                and cached[0] == tuple(p.data_ptr() for p in params)):
-            return cached[2]
+        if cached is not None:
+            key, kept, result = cached
+            if len(kept) == len(params) and all(map(operator.is_, kept, params.values())) and key == tuple(
+                    map(Tensor.data_ptr, kept)):
+                return result
+        kept = tuple(params.values())
         per = 4 if self.bias else 2
-        if len(params) != per * self.num_layers * self.num_directions or any(p is None for p in params):
+        if len(kept) != per * self.num_layers * self.num_directions or any(p is None for p in kept):
             return None  # (a subclass that registered parameters of its own takes the general path)
-        dtype = params[0].dtype
-        if dtype not in (torch.float32, torch.float64) or any(not p.is_cpu or p.dtype != dtype for p in params):
+        dtype = kept[0].dtype
+        if dtype not in (torch.float32, torch.float64) or any(not p.is_cpu or p.dtype != dtype for p in kept):
             return None
-        key = tuple(p.data_ptr() for p in params)
-        views = [p.detach().numpy() for p in params]
+        views = [p.detach().numpy() for p in kept]
         if not all(v.flags.c_contiguous for v in views):
             return None  # (parameters given strided memory: the general path copies them for the kernels)
         groups = [(*views[i : i + 2], *(views[i + 2 : i + 4] if self.bias else (None, None)))
                   for i in range(0, len(views), per)]
-        self.__dict__["_arrays_cache"] = (key, params, (dtype, groups))
-        return dtype, groups
+        result = (views[0].dtype, groups)
+        self.__dict__["_arrays_cache"] = (tuple(p.data_ptr() for p in kept), kept, result)
+        return result
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
@@ -461,7 +470,9 @@ class GRU(_Recurrent):
         if lengths is None and self._inference_only(x, h0):
             arrays = self._param_arrays()
             if arrays is not None:
-                return self._run_arrays(x, h0, arrays[1])
+                from grulab.engine.cpu import _array
+
+                return self._run_arrays(_array(x), h0, arrays[1])
         if state is None:
             state = self._zero_state(x)
         if not self._native(x, lengths):
@@ -489,17 +500,18 @@ class GRU(_Recurrent):
         return (self.backend in _ARRAY_BACKENDS and not (self.dropout and self.training and self.num_layers > 1)
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
-    def _run_arrays(self, x: Tensor, h0: Tensor | None, params: list[tuple]) -> tuple[Tensor, State]:
+    def _run_arrays(self, x: np.ndarray, h0: Tensor | None, params: list[tuple]) -> tuple[Tensor, State]:
         """Inference on arrays: every layer and direction through ``engine.cpu.forward_arrays``,
         the same kernels and values as the autograd path without its per-call tensor plumbing (on
         this 2-vCPU machine, after an idle spell, that plumbing cost about as much as a 10-step
-        batch-1 forward's kernel; see docs/performance.md). ``params``: :meth:`_param_arrays`."""
+        batch-1 forward's kernel; see docs/performance.md). ``x``: the validated ``(T, B, I)``
+        input's values; ``params``: :meth:`_param_arrays`."""
         from grulab.engine.cpu import _array, forward_arrays
 
         D = self.num_directions
-        layer_input = _array(x)
+        layer_input = np.ascontiguousarray(x)
         if h0 is None:  # zero state and final state in one allocation
-            h0_all, h_n = np.zeros((2, self.num_layers * D, x.shape[1], self.hidden_size), layer_input.dtype)
+            h0_all, h_n = np.zeros((2, self.num_layers * D, layer_input.shape[1], self.hidden_size), layer_input.dtype)
         else:
             h0_all = _array(h0)
             h_n = np.empty_like(h0_all)

@@ -441,8 +441,12 @@ def test_common_inference_calls_take_the_short_path_and_others_the_general_one(m
                 m.setattr(grulab.GRU, "_fast_forward", lambda self, *a: None)
                 y_general, h_general = gru(x, h)
             assert torch.equal(y, y_general) and torch.equal(h_n, h_general)
+        strided = torch.randn(7, 4, 3).transpose(0, 1)  # batch-first from a time-major buffer: copied
+        y, h_n = gru(strided)
+        assert answered.pop() is True and torch.equal(y, gru(strided.contiguous())[0])
+        answered.pop()
         others = [lambda: gru(x[0]), lambda: gru(x, lengths=torch.tensor([7, 7, 3, 1])),
-                  lambda: gru(x.double()), lambda: gru(x[:, :0])]
+                  lambda: gru(x.double()), lambda: gru(x[:, :0]), lambda: gru(x.bfloat16())]
         for call in others:
             try:
                 call()
