@@ -29,6 +29,8 @@ def test_quick_bench_writes_results_and_readme(tmp_path):
     assert "Training, forward + backward" in text and "torch.nn.GRU / grulab" in text
     bounds = {b["case"]: b for b in data["bounds"]}
     assert set(bounds) == {"streaming", "inference", "training"} and "Bounds measured in this run" in text
+    assert "Training at the rate of its largest product" in text
+    assert bounds["training"]["detail"]["weight_gradient_gflops"] > 0
     for b in data["bounds"]:
         assert b["floor"] > 0 and b["best_ratio"]
 
@@ -38,10 +40,15 @@ def test_bounds_are_floors_of_the_measured_rows():
     over that floor; the streaming floor is the faster recurrent product plus the input products."""
     from grulab.bench.bounds import compute_bounds, stream_floor
 
-    row = {"case": "training", "shape": {"B": 1}, "unit": "ms", "flops": 2e9,
+    row = {"case": "training", "shape": {"B": 2, "T": 8, "I": 4, "H": 16}, "unit": "ms", "flops": 2e9,
            "results": {"grulab": 30.0, "torch.nn.GRU": 40.0}}
     (b,) = compute_bounds([row], peak_gflops=100.0, threads=1)
     assert b["floor"] == pytest.approx(20.0) and b["best_ratio"] == {"torch.nn.GRU": pytest.approx(2.0)}
+    rate = b["detail"]["weight_gradient_gflops"]  # torch.mm's rate on a (48 x 16 rows) x 16 product, measured
+    assert rate > 0 and b["detail"]["weight_gradient_fraction"] == pytest.approx(rate / 100.0)
+    at_rate = 2e9 / (rate * 1e9) * 1e3
+    assert b["detail"]["step_at_weight_gradient_rate"] == pytest.approx(at_rate)
+    assert b["best_ratio_at_weight_gradient_rate"] == {"torch.nn.GRU": pytest.approx(40.0 / at_rate)}
     f = stream_floor(8, 32, 100.0, threads=1, barrier_s=float("inf"))
     assert f["matvec_2_threads_s"] == float("inf") and 0 < f["matvec_1_thread_s"] < 1e-3
     assert f["floor_s"] == pytest.approx(f["matvec_1_thread_s"] + 2 * 3 * 32 * 8 / 100e9)

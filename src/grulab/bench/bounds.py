@@ -14,6 +14,13 @@ ratio any implementation could reach against the peer's measured time:
   timed here with the engine's own kernels (``gemm_nt``, ``barrier``) in a hot loop; the input
   products ``W x_t`` are added at the sgemm peak. Element-wise work is left out, so the floor is
   below what any real step takes.
+
+For training, a third measurement puts the peak in context: the rate ``torch.mm`` reaches on the
+step's largest and most regular product, a weight gradient (``dU = sum_t G_t^T h_{t-1}``, a
+3H x T·B x H product; :func:`weight_gradient_gflops`), and the ratio against each peer if every
+FLOP of the step ran at that rate. The recurrent products are smaller and wait on each other, and
+element-wise work comes on top, so such a step would run its hardest parts as fast as the BLAS runs
+its easiest: a target above that ratio asks for products faster than the machine's BLAS reaches.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 import numba
 import numpy as np
+import torch
 
 from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nn, gemm_nt, pack_panels
 from grulab.engine._pool import run_chunks
@@ -86,6 +94,19 @@ def barrier_seconds(reps: int = 20000) -> float:
     return _best(run, 3) / reps
 
 
+def weight_gradient_gflops(N: int, M: int, K: int, repeats: int = 3) -> float:
+    """Best GFLOP/s of ``torch.mm`` forming a weight gradient ``G^T S`` from gate gradients
+    ``G (N, M)`` and states ``S (N, K)`` summed over their ``N = T·B`` rows, in the faster of its two
+    layouts (``G^T S`` and ``(S^T G)^T``; float32, torch's thread count)."""
+    gen = torch.Generator().manual_seed(0)
+    G, S = torch.randn(N, M, generator=gen), torch.randn(N, K, generator=gen)
+    best = float("inf")
+    for fn in (lambda: torch.mm(G.t(), S), lambda: torch.mm(S.t(), G)):
+        fn()
+        best = min(best, _best(fn, repeats))
+    return 2 * N * M * K / best / 1e9
+
+
 def stream_floor(I: int, H: int, peak_gflops: float, threads: int, barrier_s: float) -> dict[str, float]:
     """Per-step floor at batch 1 (seconds): the recurrent product on one thread or split over two."""
     one = matvec_seconds(3 * H, H)
@@ -113,6 +134,13 @@ def compute_bounds(rows: list[dict[str, Any]], peak_gflops: float, threads: int)
         else:
             continue
         peers = {k: v / floor for k, v in res.items() if not k.startswith("grulab") and "GRUCell" not in k}
-        out.append({"case": case, "shape": shape, "unit": r["unit"], "floor": floor, "grulab": res.get("grulab"),
-                    "best_ratio": peers, "detail": detail})
+        bound = {"case": case, "shape": shape, "unit": r["unit"], "floor": floor, "grulab": res.get("grulab"),
+                 "best_ratio": peers, "detail": detail}
+        if case == "training":
+            rate = weight_gradient_gflops(shape["T"] * shape["B"], 3 * shape["H"], shape["H"])
+            at_rate = r["flops"] / (rate * 1e9) * 1e3
+            detail |= {"weight_gradient_gflops": rate, "weight_gradient_fraction": rate / peak_gflops,
+                       "step_at_weight_gradient_rate": at_rate}
+            bound["best_ratio_at_weight_gradient_rate"] = {k: v * floor / at_rate for k, v in peers.items()}
+        out.append(bound)
     return out

@@ -83,6 +83,29 @@ def _bounds_table(bounds: list[dict[str, Any]]) -> list[str]:
         cells += [f"{b['best_ratio'][p]:.2f}x" if p in b["best_ratio"] else "" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    return lines + _weight_gradient_table([b for b in bounds if "best_ratio_at_weight_gradient_rate" in b])
+
+
+def _weight_gradient_table(bounds: list[dict[str, Any]]) -> list[str]:
+    """Training rows against the rate the machine's BLAS reaches on the step's largest product."""
+    if not bounds:
+        return []
+    peers = list(dict.fromkeys(p for b in bounds for p in b["best_ratio_at_weight_gradient_rate"]))
+    lines = ["**Training at the rate of its largest product** (`torch.mm` forming the weight gradient dU, "
+             "3H x T·B x H, timed in this run) and a step with every FLOP at that rate: one that ran its small, "
+             "sequential recurrent products as fast as the BLAS runs this large one, and its element-wise work "
+             "for free)", ""]
+    header = ["shape", "dU by torch.mm", "of the peak", "step at that rate", "grulab",
+              *(f"best {p} / grulab" for p in peers)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for b in bounds:
+        d = b["detail"]
+        cells = [_shape(b["shape"]), f"{d['weight_gradient_gflops']:.0f} GFLOP/s",
+                 f"{d['weight_gradient_fraction']:.0%}", f"{d['step_at_weight_gradient_rate']:.2f} {b['unit']}",
+                 f"{b['grulab']:.2f}" if b["grulab"] else ""]
+        cells += [f"{b['best_ratio_at_weight_gradient_rate'][p]:.2f}x" for p in peers]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
     return lines
 
 
