@@ -92,9 +92,9 @@ def _weight_gradient_table(bounds: list[dict[str, Any]]) -> list[str]:
         return []
     peers = list(dict.fromkeys(p for b in bounds for p in b["best_ratio_at_weight_gradient_rate"]))
     lines = ["**Training at the rate of its largest product** (`torch.mm` forming the weight gradient dU, "
-             "3H x T·B x H, timed in this run) and a step with every FLOP at that rate: one that ran its small, "
-             "sequential recurrent products as fast as the BLAS runs this large one, and its element-wise work "
-             "for free)", ""]
+             "3H x T·B x H, timed in this run. \"Step at that rate\": every FLOP of the step at that rate, as if "
+             "its small, sequential recurrent products ran as fast as the BLAS runs this large one and its "
+             "element-wise work were free; \"best X / grulab\": X's time above over that step)", ""]
     header = ["shape", "dU by torch.mm", "of the peak", "step at that rate", "grulab",
               *(f"best {p} / grulab" for p in peers)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
