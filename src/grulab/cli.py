@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time grulab against torch.nn.GRU and ONNX Runtime in one process")
     p.add_argument("--quick", action="store_true", help="tiny shapes: a smoke run of every case (seconds)")
     p.add_argument("--repeats", type=int, default=15, help="alternating timed rounds per case")
-    p.add_argument("--cases", default="", help="comma-separated subset of streaming,inference,training,mingru")
+    p.add_argument("--cases", default="", help="comma-separated subset of streaming,latency,inference,training,mingru")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON and Markdown results")
     p.add_argument("--threads", type=int, default=None, help="threads for every contestant (default: torch's)")
     p.add_argument("--settle", type=float, default=0.1,

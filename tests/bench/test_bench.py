@@ -17,10 +17,13 @@ def test_quick_bench_writes_results_and_readme(tmp_path):
     data = json.loads((tmp_path / "res" / "bench-quick.json").read_text())
     assert data["peak_gflops"] == max(data["sgemm_peak_gflops"], data["panel_gemm_peak_gflops"]) > 0
     cases = {r["case"] for r in data["rows"]}
-    assert cases == {"streaming", "inference", "training", "mingru"}
+    assert cases == {"streaming", "latency", "inference", "training", "mingru"}
     for row in data["rows"]:
         assert all(v > 0 for v in row["results"].values())
-        assert 0 < row["roofline_fraction"]
+        assert row["case"] == "latency" or 0 < row["roofline_fraction"]
+    latency = next(r for r in data["rows"] if r["case"] == "latency")
+    assert {"grulab stream.step", "grulab", "onnxruntime", "torch GRUCell", "torch.nn.GRU"} <= set(latency["results"])
+    assert "one step per call" in readme.read_text() and "onnxruntime / grulab stream.step" in readme.read_text()
     stream = next(r for r in data["rows"] if r["case"] == "streaming")
     expected = {"grulab", "torch.nn.GRU", "onnxruntime", "grulab stream.step", "torch GRUCell loop"}
     assert expected <= set(stream["results"])

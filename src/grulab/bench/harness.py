@@ -32,7 +32,7 @@ class BenchConfig:
 
     quick: bool = False
     repeats: int = 15
-    cases: tuple[str, ...] = ("streaming", "inference", "training", "mingru")
+    cases: tuple[str, ...] = ("streaming", "latency", "inference", "training", "mingru")
     out_dir: str = "benchmarks/results"
     threads: int | None = None  # default: torch.get_num_threads()
     seed: int = 0
@@ -45,10 +45,9 @@ class BenchConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.cases) - {"streaming", "inference", "training", "mingru"}
+        unknown = set(self.cases) - set(CASES)
         if unknown:
-            raise ValueError(f"unknown bench cases {sorted(unknown)}; choose from streaming, inference, training, "
-                             f"mingru")
+            raise ValueError(f"unknown bench cases {sorted(unknown)}; choose from {', '.join(CASES)}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if not 0 <= self.settle <= 1:
@@ -198,6 +197,32 @@ def _streaming_row(H: int, cfg: BenchConfig, threads: int, tmp: Path) -> dict[st
             "timing": timing}
 
 
+def case_latency(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, Any]]:
+    """Real-time streaming: one step per call, each after the idle (a frame arriving now and then),
+    microseconds per call. No roofline: a cold step is latency, not FLOPs."""
+    return [_latency_row(H, cfg, threads, tmp) for H in cfg.stream_hidden]
+
+
+def _latency_row(H: int, cfg: BenchConfig, threads: int, tmp: Path) -> dict[str, Any]:
+    I = max(1, H // 2)
+    ref, ours = _pair(I, H, cfg.seed)
+    x = torch.randn(1, 1, I)
+    stream = ours.stream()
+    x_t = x[0].numpy()
+    cell = torch.nn.GRUCell(I, H)
+    cell.load_state_dict({k.replace("_l0", ""): v for k, v in ref.state_dict().items()})
+    h = torch.zeros(1, H)
+    contestants: Contestants = {"grulab stream.step": lambda: stream.step(x_t), "grulab": lambda: ours(x)}
+    sess = _ort_session(ours, threads, tmp)
+    if sess is not None:
+        contestants["onnxruntime"] = _ort_runner(sess, x, torch.zeros(1, 1, H))
+    contestants |= {"torch GRUCell": lambda: cell(x[0], h), "torch.nn.GRU": lambda: ref(x)}
+    with torch.no_grad():
+        timing = time_alternating(contestants, cfg.repeats, settle=cfg.settle)
+    return {"case": "latency", "shape": {"B": 1, "T": 1, "I": I, "H": H}, "unit": "us",
+            "results": {k: v["median"] * 1e6 for k, v in timing.items()}, "timing": timing}
+
+
 def case_inference(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, Any]]:
     T, B, I, H = (256, 64, 128, 256) if not cfg.quick else (16, 4, 8, 16)
     ref, ours = _pair(I, H, cfg.seed)
@@ -257,8 +282,8 @@ def case_mingru(cfg: BenchConfig, threads: int, tmp: Path) -> list[dict[str, Any
     return rows
 
 
-CASES = {"streaming": case_streaming, "inference": case_inference, "training": case_training,
-         "mingru": case_mingru}
+CASES = {"streaming": case_streaming, "latency": case_latency, "inference": case_inference,
+         "training": case_training, "mingru": case_mingru}
 
 
 def run_bench(cfg: BenchConfig | None = None, console: Console | None = None,
@@ -284,8 +309,9 @@ def run_bench(cfg: BenchConfig | None = None, console: Console | None = None,
                 of = row.get("roofline_of")
                 best = row["timing"][of]["median"] if of else min(
                     v["median"] for k, v in row["timing"].items() if k.startswith("grulab"))
-                row["gflops_grulab"] = row["flops"] / best / 1e9
-                row["roofline_fraction"] = row["gflops_grulab"] / peak
+                if "flops" in row:
+                    row["gflops_grulab"] = row["flops"] / best / 1e9
+                    row["roofline_fraction"] = row["gflops_grulab"] / peak
                 results["rows"].append(row)
             progress.advance(task)
         progress.update(task, description="measuring the bounds")

@@ -10,12 +10,15 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # (numerator, denominator): "numerator time / denominator time" = how many times faster the denominator is
 RATIOS = {
     "streaming": [("onnxruntime", "grulab"), ("torch.nn.GRU", "grulab"), ("torch GRUCell loop", "grulab stream.step")],
+    "latency": [("onnxruntime", "grulab stream.step"), ("torch GRUCell", "grulab stream.step"),
+                ("onnxruntime", "grulab")],
     "inference": [("onnxruntime", "grulab"), ("torch.nn.GRU", "grulab")],
     "training": [("torch.nn.GRU", "grulab")],
     "mingru": [("grulab GRU", "grulab MinGRU"), ("torch.nn.GRU", "grulab GRU")],
 }
 TITLES = {
     "streaming": "Streaming inference, batch 1 (µs per step; whole sequence unless marked per-step)",
+    "latency": "Real-time streaming, batch 1: one step per call, each after the idle (µs per call)",
     "inference": "Inference, whole sequence (ms)",
     "training": "Training, forward + backward (ms)",
     "mingru": "minGRU (fused CPU kernels, backend auto) against GRU, training forward + backward (ms)",
@@ -52,13 +55,15 @@ def markdown_table(results: dict[str, Any]) -> str:
         names = list(dict.fromkeys(k for r in rows for k in r["results"]))
         ratios = [(a, b) for a, b in RATIOS[case] if a in names and b in names]
         lines += [f"**{title}**", ""]
-        header = ["shape", *names, *(f"{a} / {b}" for a, b in ratios), "roofline"]
+        roofline = any("roofline_fraction" in r for r in rows)
+        header = ["shape", *names, *(f"{a} / {b}" for a, b in ratios), *(["roofline"] if roofline else [])]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
             res = r["results"]
             cells = [_shape(r["shape"]), *(f"{res[n]:.2f}" if n in res else "" for n in names)]
             cells += [f"{res[a] / res[b]:.2f}x" for a, b in ratios]
-            cells.append(f"{r['roofline_fraction']:.0%}")
+            if roofline:
+                cells.append(f"{r['roofline_fraction']:.0%}" if "roofline_fraction" in r else "")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += _bounds_table(results.get("bounds", []))
