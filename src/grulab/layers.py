@@ -421,7 +421,7 @@ class GRU(_Recurrent):
         if arrays is None or self.check_finite or not self._arrays_allowed():
             return None
         try:
-            x = input.numpy()  # its memory; raises for another device, a gradient, a dtype NumPy lacks
+            x = input.numpy()  # its memory; raises for another device or a dtype NumPy lacks
         except (RuntimeError, TypeError):
             return None
         shape = x.shape
