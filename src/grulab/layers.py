@@ -33,6 +33,17 @@ from grulab.runtime import float32_under_autocast, warn_traced_loop
 
 State = tuple[Tensor, ...]
 _ARRAY_BACKENDS = ("auto", "cpu", "cpu_recompute")  # the GRU backends whose CPU inference runs on arrays
+_CPU_ENGINE: list[Any] = []  # grulab.engine.cpu once imported (see _cpu_engine)
+
+
+def _cpu_engine() -> Any:
+    """``grulab.engine.cpu``, imported at first use (it loads Numba) and kept: an ``import``
+    statement on the inference path cost ~50 us per call after an idle spell."""
+    if not _CPU_ENGINE:
+        from grulab.engine import cpu
+
+        _CPU_ENGINE.append(cpu)
+    return _CPU_ENGINE[0]
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -470,9 +481,7 @@ class GRU(_Recurrent):
         if lengths is None and self._inference_only(x, h0):
             arrays = self._param_arrays()
             if arrays is not None:
-                from grulab.engine.cpu import _array
-
-                return self._run_arrays(_array(x), h0, arrays[1])
+                return self._run_arrays(_cpu_engine()._array(x), h0, arrays[1])
         if state is None:
             state = self._zero_state(x)
         if not self._native(x, lengths):
@@ -506,20 +515,19 @@ class GRU(_Recurrent):
         this 2-vCPU machine, after an idle spell, that plumbing cost about as much as a 10-step
         batch-1 forward's kernel; see docs/performance.md). ``x``: the validated ``(T, B, I)``
         input's values; ``params``: :meth:`_param_arrays`."""
-        from grulab.engine.cpu import _array, forward_arrays
-
+        cpu = _cpu_engine()
         D = self.num_directions
         layer_input = np.ascontiguousarray(x)
         if h0 is None:  # zero state and final state in one allocation
             h0_all, h_n = np.zeros((2, self.num_layers * D, layer_input.shape[1], self.hidden_size), layer_input.dtype)
         else:
-            h0_all = _array(h0)
+            h0_all = cpu._array(h0)
             h_n = np.empty_like(h0_all)
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
                 idx = layer * D + d
-                y, _ = forward_arrays(layer_input, h0_all[idx], *params[idx], self.reset, bool(d), h_n[idx])
+                y, _ = cpu.forward_arrays(layer_input, h0_all[idx], *params[idx], self.reset, bool(d), h_n[idx])
                 outs.append(y)
             layer_input = np.concatenate(outs, axis=-1) if D == 2 else outs[0]
         return torch.from_numpy(layer_input), (torch.from_numpy(h_n),)
