@@ -41,6 +41,12 @@ def _peak_source(results: dict[str, Any]) -> str:
     return f"the faster of torch.mm sgemm on 2048² matrices, {sgemm:.0f}, and grulab's panel GEMM, {panel:.0f}"
 
 
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a Markdown table, and the blank line after it."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cells) + " |" for cells in rows), ""]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Measured by `grulab bench` on {m['cpu']} ({m['logical_cpus']} logical CPUs, {m['threads']} threads), "
@@ -57,15 +63,15 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines += [f"**{title}**", ""]
         roofline = any("roofline_fraction" in r for r in rows)
         header = ["shape", *names, *(f"{a} / {b}" for a, b in ratios), *(["roofline"] if roofline else [])]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        body = []
         for r in rows:
             res = r["results"]
             cells = [_shape(r["shape"]), *(f"{res[n]:.2f}" if n in res else "" for n in names)]
             cells += [f"{res[a] / res[b]:.2f}x" for a, b in ratios]
             if roofline:
                 cells.append(f"{r['roofline_fraction']:.0%}" if "roofline_fraction" in r else "")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            body.append(cells)
+        lines += _table(header, body)
     lines += _bounds_table(results.get("bounds", []))
     return "\n".join(lines)
 
@@ -81,20 +87,15 @@ def _bounds_table(bounds: list[dict[str, Any]]) -> list[str]:
              "work excluded. \"best X / grulab\": the ratio any implementation at the floor would show against "
              "X's time above)", ""]
     header = ["case", "shape", "floor", "grulab", "grulab / floor", *(f"best {p} / grulab" for p in peers)]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for b in bounds:
-        cells = [b["case"], _shape(b["shape"]), f"{b['floor']:.2f} {b['unit']}",
-                 f"{b['grulab']:.2f}" if b["grulab"] else "", f"{b['grulab'] / b['floor']:.2f}" if b["grulab"] else ""]
-        cells += [f"{b['best_ratio'][p]:.2f}x" if p in b["best_ratio"] else "" for p in peers]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    return lines + _weight_gradient_table([b for b in bounds if "best_ratio_at_weight_gradient_rate" in b])
+    body = [[b["case"], _shape(b["shape"]), f"{b['floor']:.2f} {b['unit']}",
+             f"{b['grulab']:.2f}" if b["grulab"] else "", f"{b['grulab'] / b['floor']:.2f}" if b["grulab"] else "",
+             *(f"{b['best_ratio'][p]:.2f}x" if p in b["best_ratio"] else "" for p in peers)] for b in bounds]
+    at_rate = [b for b in bounds if "best_ratio_at_weight_gradient_rate" in b]
+    return lines + _table(header, body) + (_weight_gradient_table(at_rate) if at_rate else [])
 
 
 def _weight_gradient_table(bounds: list[dict[str, Any]]) -> list[str]:
     """Training rows against the rate the machine's BLAS reaches on the step's largest product."""
-    if not bounds:
-        return []
     peers = list(dict.fromkeys(p for b in bounds for p in b["best_ratio_at_weight_gradient_rate"]))
     lines = ["**Training at the rate of its largest product** (`torch.mm` forming the weight gradient dU, "
              "3H x T·B x H, timed in this run. \"Step at that rate\": every FLOP of the step at that rate, as if "
@@ -102,16 +103,12 @@ def _weight_gradient_table(bounds: list[dict[str, Any]]) -> list[str]:
              "element-wise work were free; \"best X / grulab\": X's time above over that step)", ""]
     header = ["shape", "dU by torch.mm", "of the peak", "step at that rate", "grulab",
               *(f"best {p} / grulab" for p in peers)]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for b in bounds:
-        d = b["detail"]
-        cells = [_shape(b["shape"]), f"{d['weight_gradient_gflops']:.0f} GFLOP/s",
-                 f"{d['weight_gradient_fraction']:.0%}", f"{d['step_at_weight_gradient_rate']:.2f} {b['unit']}",
-                 f"{b['grulab']:.2f}" if b["grulab"] else ""]
-        cells += [f"{b['best_ratio_at_weight_gradient_rate'][p]:.2f}x" for p in peers]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    return lines
+    body = [[_shape(b["shape"]), f"{b['detail']['weight_gradient_gflops']:.0f} GFLOP/s",
+             f"{b['detail']['weight_gradient_fraction']:.0%}",
+             f"{b['detail']['step_at_weight_gradient_rate']:.2f} {b['unit']}",
+             f"{b['grulab']:.2f}" if b["grulab"] else "",
+             *(f"{b['best_ratio_at_weight_gradient_rate'][p]:.2f}x" for p in peers)] for b in bounds]
+    return lines + _table(header, body)
 
 
 def update_readme(path: Path, table: str) -> None:
