@@ -715,7 +715,10 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     fuse = _fuse_input(B, n)
     tuned = not fuse and _unit_split_eligible(B, T, H, n)
     key = (B, H, reset, x.dtype)
-    path = TUNER.choose(key, _paths(T)) if tuned else "solo" if not fuse and _short_call(T, B, I, H) else "rows"
+    if tuned:
+        path = TUNER.choose(key, _paths(T))
+    else:
+        path = "solo" if not fuse and _short_call(T, B, I, H) else "rows"
     t0 = time.perf_counter()
     if path != "rows":
         _fwd_unit_split(x, W, b_W, *rest, helper=path == "units")
