@@ -339,8 +339,7 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
     (all units, ``W``, ``U``) until worker 1 has arrived, then on units ``0 : H//2``; worker 1 runs
     units ``H//2 : H`` from the join step on, or nothing if worker 0 finished first. Each worker
     copies its units' rows of W and U (gate blocks of as many rows as it has units) when it starts
-    on them,
-    and packs them into panels where ``use_panels`` and :func:`_jitmath.matmul_t` would read them;
+    on them, and packs them into panels where ``use_panels`` and :func:`_jitmath.matmul_t` would read them;
     ``solo`` (no helper will come) packs the full matrices so from the first step. Steps go in
     blocks of ``nblk``: at the start of a block each worker computes its units' input side for the
     whole block (one small GEMM; a T·B·3H product beforehand would need the framework's thread
