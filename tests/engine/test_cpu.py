@@ -513,7 +513,7 @@ def test_unit_split_needs_two_cpus_for_the_calling_thread(monkeypatch):
     waits for a time slice): the unit split is not among the paths measured then."""
     from grulab.engine import cpu
 
-    assert "units" not in cpu._paths(100)
+    assert "units" not in cpu._paths(cpu.UNIT_SPLIT_MIN_STEPS - 1)
     monkeypatch.setattr(cpu, "cpus_available", lambda: 1)
     assert cpu._paths(1000) == ("solo", "rows")
     monkeypatch.setattr(cpu, "cpus_available", lambda: 2)

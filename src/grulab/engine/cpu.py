@@ -449,12 +449,13 @@ def _unit_split_eligible(B: int, T: int, H: int, n: int | None = None) -> bool:
 class PathTuner:
     """Chooses among implementations of the same call by measured speed.
 
-    Keeps, per key (shape, candidate, dtype), the last few seconds-per-step samples of each path,
-    runs the one with the lower median, and re-measures another every ``explore``-th call, so the
-    choice follows the machine: a spin barrier is fast on an idle machine and slow on a busy one,
-    where its partner thread waits for a time slice. The first call of each path is not a
-    measurement (it compiled or loaded the kernel and touched fresh memory: seconds, against
-    microseconds per step) and is dropped; the median shrugs off one outlier (a burst of load)."""
+    Keeps, per key (shape, candidate, dtype, range of lengths), the last few seconds-per-step
+    samples of each path, runs the one with the lower median, and re-measures another every
+    ``explore``-th call, so the choice follows the machine: a spin barrier is fast on an idle
+    machine and slow on a busy one, where its partner thread waits for a time slice. The first
+    call of each path is not a measurement (it compiled or loaded the kernel and touched fresh
+    memory: seconds, against microseconds per step) and is dropped; the median shrugs off one
+    outlier (a burst of load)."""
 
     def __init__(self, explore: int = 16, window: int = 3) -> None:
         self.explore, self.window = explore, window
@@ -491,7 +492,7 @@ class PathTuner:
 
 
 UNIT_SPLIT_MIN_WORK = 32  # B * H below which one thread is faster than two plus a barrier per step
-UNIT_SPLIT_MIN_STEPS = 256  # below this the helper thread's start (0.06-0.2 ms, more after idle) is not repaid
+UNIT_SPLIT_MIN_STEPS = 64  # below this the helper thread's start (0.06-0.2 ms, more after idle) is not repaid
 TUNER = PathTuner()
 EARLIEST_JOIN = 0  # the first step at which worker 1 may join (tests move it to check a join mid-sequence)
 INPUT_BLOCK = 16  # steps whose input products the unit split computes together (and where worker 1 may join)
@@ -714,7 +715,7 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     n = threads()
     fuse = _fuse_input(B, n)
     tuned = not fuse and _unit_split_eligible(B, T, H, n)
-    key = (B, H, reset, x.dtype)
+    key = (B, H, reset, x.dtype, T.bit_length())  # lengths within a factor of two share their measurements
     if tuned:
         path = TUNER.choose(key, _paths(T))
     else:
@@ -762,7 +763,11 @@ def _paths(T: int) -> tuple[str, ...]:
     """The small-batch paths worth measuring for ``T`` steps: the unit split only from
     ``UNIT_SPLIT_MIN_STEPS`` on, and only when this thread may run on two CPUs (pinned to one, its
     helper would share that CPU and every barrier would wait for a time slice: 55 us per step
-    against 3.3 for one thread, measured at H=128)."""
+    against 3.3 for one thread, measured at H=128). Where the split repays its helper's start
+    depends on the step's work: at B=1, after 100 ms idle, it ran 64 steps at H=256 in 1.01 ms
+    against 1.18 alone, 128 steps in 1.41 against 2.09, and at H=512 64 steps in 3.7 against 4.9
+    ms; at H=128 it won from 256 steps, at H=64 never. The tuner measures it from 64 steps on,
+    per range of lengths (its key)."""
     return _PATHS_LONG if T >= UNIT_SPLIT_MIN_STEPS and cpus_available() >= 2 else _PATHS_SHORT
 
 
