@@ -644,6 +644,16 @@ def wait_until(flags, i, at_least):  # noqa: ANN001, ANN201
 
 
 @njit(**FLAGS)
+def wait_spins(flags, i, spins):  # noqa: ANN001, ANN201
+    """Spin (``pause``) until ``flags[i] != 0`` (acquire), at most ``spins`` times; whether it was seen."""
+    for _ in range(spins):
+        if load_acquire(flags, i) != 0:
+            return True
+        cpu_pause()
+    return load_acquire(flags, i) != 0
+
+
+@njit(**FLAGS)
 def barrier(flags, w, nw, phase):  # noqa: ANN001, ANN201
     """Publish that worker ``w`` reached ``phase`` (its slot ``w * SLOT``), wait for the others."""
     store_release(flags, w * SLOT, phase)

@@ -11,7 +11,8 @@ forward
        Each step is a small GEMM ``h_prev U^T`` (``_jitmath.matmul_t``) fused with the gate
        equations (1)-(4). For a small batch (one chunk), :class:`PathTuner` picks by measured speed
        among this and ``_gru_fwd_units_worker`` (its own input products in blocks of steps), alone
-       or with a helper thread that joins late and takes half of the hidden units.
+       or with a helper thread that takes half of the hidden units (from the first step when it
+       starts soon enough, else from a later block of steps).
 backward
     3. ``_gru_bwd_rows``: the recurrent loop of eqs. (5)-(12) in compiled code, writing the gate
        pre-activation gradients ``da = [da_z, da_r, da_h]`` (and ``du_h`` for reset="after").
@@ -57,6 +58,7 @@ from grulab.engine._jitmath import (
     store_release,
     tanh32,
     tanh64,
+    wait_spins,
     wait_until,
 )
 from grulab.engine._pool import chunks, cpus_available, run_chunks, submit_helper, threads
@@ -333,9 +335,10 @@ def _unit_rows(M, H, k0, nk, g0, ng, arena, off):  # noqa: ANN001, ANN201
         off += _arena_size(n)
     else:
         out = np.empty((ng * nk, K), M.dtype)
-    for i in range(ng):
+    flat = out.reshape(-1)
+    for i in range(ng):  # a gate block's rows are contiguous: one flat copy each (no slice assignment)
         g = g0 + i
-        out[i * nk : (i + 1) * nk] = M[g * H + k0 : g * H + k0 + nk]
+        copy_row(M[g * H + k0 : g * H + k0 + nk].reshape(-1), flat, i * nk * K)
     return out, off
 
 
@@ -358,16 +361,19 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
 @numba.njit(**FLAGS)
 def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
                   save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, arena, flags):  # noqa: ANN001, ANN201
-    """Worker ``w`` (0 or 1) of the late-join unit split (see above). Worker 0 runs every step: alone
-    (all units, ``W``, ``U``) until worker 1 has arrived, then on units ``0 : H//2``; worker 1 runs
-    units ``H//2 : H`` from the join step on, or nothing if worker 0 finished first. Each worker
-    copies its units' rows of W and U (gate blocks of as many rows as it has units) when it starts
-    on them, and packs them into panels where ``use_panels`` and :func:`_jitmath.matmul_t` would read them;
-    ``solo`` (no helper will come) packs the full matrices so from the first step. Steps go in
+    """Worker ``w`` (0 or 1) of the unit split (see above). Each worker first copies its units' rows
+    of W and U (gate blocks of as many rows as it has units) and packs them into panels where
+    ``use_panels`` and :func:`_jitmath.matmul_t` would read them; worker 1 then signals that it has
+    arrived. Worker 0 waits for that up to ``ARRIVAL_SPINS`` spins (~0.2 ms here), and both run
+    every step on their halves (units ``0 : H//2`` and ``H//2 : H``). A helper that has not arrived
+    by then (a busy machine: woken from sleep it took up to 2.8 ms to run) joins late: worker 0
+    runs the steps alone (all units, ``W``, ``U``) until it arrives, and worker 1 does nothing if
+    worker 0 finished first. ``solo`` (no helper will come) runs alone from the start and packs
+    the full matrices so. Steps go in
     blocks of ``nblk``: at the start of a block each worker computes its units' input side for the
     whole block (one small GEMM; a T·B·3H product beforehand would need the framework's thread
-    pool, whose spinning threads then compete with worker 1 for the second core), and worker 1 can
-    join only there. The state alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds
+    pool, whose spinning threads then compete with worker 1 for the second core), and a late
+    worker 1 can join only there. The state alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds
     ``r * h_prev`` (reset="before"). Worker ``w`` copies its rows into half ``w`` of ``arena``
     (:func:`_lend_arena`; each half is written and read by one worker only)."""
     T, B = x.shape[0], x.shape[1]
@@ -388,16 +394,25 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
         W_p = panels_if(W, use_full, nblk * B)
         Up = (panels_if(U if after else none, use_full, B), panels_if(none if after else U_zr, use_full, B),
               panels_if(none if after else U_h, use_full, B))
-        join, phase = _units_run(0, 0, T, True, False, 0, H, H, nblk, reverse, x, W, W_p, b_W, xw, xf, U, U_zr, U_h,
-                                 Up, b_U, lengths, after, save_states, save_gates, out, hbuf, u, uh, z, r, ht, flags, 0)
+        if solo:
+            _units_run(0, 0, T, False, False, 0, H, H, nblk, reverse, x, W, W_p, b_W, xw, xf, U, U_zr, U_h, Up, b_U,
+                       lengths, after, save_states, save_gates, out, hbuf, u, uh, z, r, ht, flags, 0)
+            h_n[:, :] = hbuf[T % 2]
+            return
+        W_w, U_w, U_zr_w, U_h_w, W_wp, Up_w = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B,
+                                                        arena[: arena.shape[0] // 2])
+        join, phase = 0, 0
+        if flags[_EARLIEST] > 0 or not wait_spins(flags, _ARRIVE, ARRIVAL_SPINS):
+            join, phase = _units_run(0, 0, T, True, False, 0, H, H, nblk, reverse, x, W, W_p, b_W, xw, xf, U, U_zr,
+                                     U_h, Up, b_U, lengths, after, save_states, save_gates, out, hbuf, u, uh, z, r, ht,
+                                     flags, 0)
         if join >= T:
             store_release(flags, _JOIN, T)  # too late: worker 1 returns as soon as it runs
             h_n[:, :] = hbuf[T % 2]
             return
         store_release(flags, _JOIN, join)  # publishes the state of step join - 1 with it
-        W, U, U_zr, U_h, W_p, Up = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B,
-                                             arena[: arena.shape[0] // 2])
-        _units_run(0, join, T, False, True, k0, nk, nk, nblk, reverse, x, W, W_p, b_W, xw, xf, U, U_zr, U_h, Up, b_U,
+        _units_run(0, join, T, False, True, k0, nk, nk, nblk, reverse, x, W_w, W_wp, b_W, xw, xf, U_w, U_zr_w, U_h_w,
+                   Up_w, b_U,
                    lengths, after, save_states, save_gates, out, hbuf, u, uh, z, r, ht, flags, phase)
         h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
         wait_until(flags, _DONE, 1)  # worker 1 has written its part of h_n
@@ -494,6 +509,7 @@ class PathTuner:
 UNIT_SPLIT_MIN_WORK = 32  # B * H below which one thread is faster than two plus a barrier per step
 UNIT_SPLIT_MIN_STEPS = 64  # below this the helper thread's start (0.06-0.2 ms, more after idle) is not repaid
 TUNER = PathTuner()
+ARRIVAL_SPINS = 8000  # spins (26 ns each here) that worker 0, its rows copied, waits for worker 1 before it goes alone
 EARLIEST_JOIN = 0  # the first step at which worker 1 may join (tests move it to check a join mid-sequence)
 INPUT_BLOCK = 16  # steps whose input products the unit split computes together (and where worker 1 may join)
 
@@ -538,7 +554,7 @@ def _lend_arena(I: int, H: int, dtype: np.dtype) -> np.ndarray:
 
 def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r,
                     h_tilde, u_h, h_n, helper: bool = True) -> None:  # noqa: ANN001
-    """Run the late-join unit split: worker 0 here, worker 1 on the pool's helper thread. Without
+    """Run the unit split: worker 0 here, worker 1 on the pool's helper thread. Without
     ``helper``, worker 0 runs alone ("solo"): one thread, its own input products, no framework
     thread pool woken (which, after an idle spell, cost milliseconds per call). The workers copy
     and pack their weights themselves (:func:`_gru_fwd_units_worker`)."""
@@ -709,7 +725,7 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     """The forward kernels for validated C-contiguous ``x (T, B, I)``, ``W``, ``b_W`` and the rest of
     the kernel arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows over threads, with the input
     products inside the loop (``FUSE_MIN_ROWS``) or as one product beforehand; or, for a small
-    batch, the late-join unit split where that measures faster for the shape (:class:`PathTuner`)."""
+    batch, the unit split where that measures faster for the shape (:class:`PathTuner`)."""
     T, B, I = x.shape
     H = rest[0].shape[1]
     n = threads()
