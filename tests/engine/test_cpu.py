@@ -139,6 +139,16 @@ def test_small_case_for_the_uncompiled_kernels():
             cpu.FUSE_MIN_ROWS = saved
 
 
+def _tuner_says(monkeypatch, path: str) -> None:
+    """Make the path tuner choose ``path`` for every small-batch call (even when slower under test
+    load), and let it choose: the test setup turns deterministic algorithms on, which fixes the
+    path without asking the tuner."""
+    from grulab.engine import cpu
+
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: path)
+
+
 def _force_unit_split(monkeypatch, helper: str, earliest: int = 0) -> list:
     """Route every eligible call through the unit split, with worker 1 started as ``helper`` says:
     ``"never"`` (worker 0 runs alone to the end), ``"first"`` (worker 1 is running before worker 0
@@ -148,7 +158,7 @@ def _force_unit_split(monkeypatch, helper: str, earliest: int = 0) -> list:
 
     from grulab.engine import cpu
 
-    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: "units")  # even when slower under test load
+    _tuner_says(monkeypatch, "units")
     monkeypatch.setattr(cpu, "EARLIEST_JOIN", earliest)
     monkeypatch.setattr(cpu, "INPUT_BLOCK", 3)  # input products in blocks of 3 steps: a partial last block
     joins = []
@@ -221,7 +231,7 @@ def test_unit_split_helper_arriving_after_the_end_is_harmless(monkeypatch):
     if cpu.threads() < 2:
         pytest.skip("needs two threads")
     late = []
-    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: "units")
+    _tuner_says(monkeypatch, "units")
     monkeypatch.setattr(cpu, "submit_helper", lambda kernel, *args: late.append((kernel, args)) or None)
     args = make_args(12, 1, 3, 100, torch.float64)
     compare(args, "after", None, False, "cpu", torch.float64)
@@ -230,6 +240,73 @@ def test_unit_split_helper_arriving_after_the_end_is_harmless(monkeypatch):
         #                  save_states, save_gates, y, ..., hbuf, flags)
         kernel(*a)  # the helper runs now: the join step says "finished", it returns
         assert a[-1][cpu._JOIN] == 12 and np.array_equal(a[15], y)
+
+
+@pytest.fixture
+def deterministic():
+    """``torch.use_deterministic_algorithms(True)`` for the test, restored after it."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def _late_helper(monkeypatch, delay: float) -> list:
+    """Start the unit split's worker 1 ``delay`` seconds late (a helper thread that waits for a
+    core); returns the flags of every call."""
+    import threading
+    import time
+
+    from grulab.engine import cpu
+
+    calls = []
+
+    def submit(kernel, *args):
+        calls.append(args[-1])
+        threading.Thread(target=lambda: (time.sleep(delay), kernel(*args)), daemon=True).start()
+
+    monkeypatch.setattr(cpu, "submit_helper", submit)
+    return calls
+
+
+def test_helper_arriving_late_makes_worker_0_start_alone(monkeypatch):
+    """Worker 0 waits for the helper only ~0.2 ms: one 20 ms late finds it past step 0."""
+    from grulab.engine import cpu
+
+    if cpu.threads() < 2 or cpu.cpus_available() < 2:
+        pytest.skip("needs two threads on two CPUs")
+    _tuner_says(monkeypatch, "units")
+    monkeypatch.setattr(cpu, "INPUT_BLOCK", 3)
+    calls = _late_helper(monkeypatch, 0.02)
+    args = make_args(400, 1, 4, 64, torch.float32, seed=3, scale=64**-0.5)
+    with torch.no_grad():
+        GRUFunction.apply(*args, "after", None, False, "cpu")
+    assert calls and int(calls[0][cpu._JOIN]) > 0
+
+
+@pytest.mark.parametrize("reset", ["before", "after"])
+def test_deterministic_algorithms_give_the_same_values_on_every_call(reset, deterministic, monkeypatch):
+    """Under ``torch.use_deterministic_algorithms(True)`` a small batch takes one path per shape
+    (no tuner) and worker 0 waits for the helper, however late: the split starts at step 0 and
+    every call gives the same values, bit for bit, with and without autograd."""
+    from grulab.engine import cpu
+
+    if cpu.threads() < 2 or cpu.cpus_available() < 2:
+        pytest.skip("needs two threads on two CPUs")
+    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: pytest.fail("the tuner chose a path"))
+    monkeypatch.setattr(cpu, "INPUT_BLOCK", 3)
+    args = make_args(cpu.UNIT_SPLIT_MIN_STEPS + 5, 1, 4, 64, torch.float32, seed=5, scale=64**-0.5)
+    y_ref, h_ref = GRUFunction.apply(*args, reset, None, False, "reference")
+    with torch.no_grad():
+        y0, h0 = GRUFunction.apply(*args, reset, None, False, "cpu")  # helper on time
+    calls = _late_helper(monkeypatch, 0.02)
+    with torch.no_grad():
+        y1, h1 = GRUFunction.apply(*args, reset, None, False, "cpu")
+    y2, h2 = GRUFunction.apply(*args, reset, None, False, "cpu")  # the autograd path
+    assert [int(f[cpu._JOIN]) for f in calls] == [0, 0]
+    assert torch.equal(y0, y1) and torch.equal(h0, h1)
+    assert torch.equal(y0, y2.detach()) and torch.equal(h0, h2.detach())
+    assert_close("y", y0, y_ref, ENGINE_MATCH[torch.float32], relative=True)
 
 
 def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():
@@ -276,7 +353,7 @@ class _AlwaysWarm(set):
 def test_small_batch_single_thread_paths_match_reference(path, monkeypatch):
     from grulab.engine import cpu
 
-    monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: path)
+    _tuner_says(monkeypatch, path)
     submitted = []
     monkeypatch.setattr(cpu, "submit_helper", lambda *a: submitted.append(a))
     for reset in ("after", "before"):
@@ -295,8 +372,8 @@ def test_short_calls_on_small_batches_run_on_one_thread_without_a_framework_prod
         pytest.skip("a batch this large fuses its input products with one thread")
     taken = []
     orig_split, orig_chunks = cpu._fwd_unit_split, cpu.run_chunks
-    monkeypatch.setattr(cpu, "_fwd_unit_split", lambda *a, helper: taken.append("units" if helper else "solo")
-                        or orig_split(*a, helper=helper))
+    monkeypatch.setattr(cpu, "_fwd_unit_split", lambda *a, helper, patience: taken.append("units" if helper else "solo")
+                        or orig_split(*a, helper=helper, patience=patience))
     monkeypatch.setattr(cpu, "run_chunks", lambda kernel, *a: (kernel is cpu._gru_fwd_rows and taken.append("rows"))
                         or orig_chunks(kernel, *a))
     monkeypatch.setattr(cpu, "submit_helper", lambda *a: pytest.fail("a short call started the helper thread"))

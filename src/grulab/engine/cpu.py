@@ -12,7 +12,9 @@ forward
        equations (1)-(4). For a small batch (one chunk), :class:`PathTuner` picks by measured speed
        among this and ``_gru_fwd_units_worker`` (its own input products in blocks of steps), alone
        or with a helper thread that takes half of the hidden units (from the first step when it
-       starts soon enough, else from a later block of steps).
+       starts soon enough, else from a later block of steps). Under
+       ``torch.use_deterministic_algorithms(True)`` the path is fixed per shape and the helper
+       waited for, so identical calls give identical values.
 backward
     3. ``_gru_bwd_rows``: the recurrent loop of eqs. (5)-(12) in compiled code, writing the gate
        pre-activation gradients ``da = [da_z, da_r, da_h]`` (and ``du_h`` for reset="after").
@@ -217,14 +219,15 @@ def _gru_fwd_rows(c, n, fuse, x, W, b_W, xp, h0, U, b_U, lengths, reverse, after
 
 
 # ---------------------------------------------------- forward, small batch: units split over threads
-# Worker 1 joins late: worker 0 starts at once on all the units and runs alone until worker 1
-# signals that it is running; from the next block of input products on (INPUT_BLOCK steps), each
-# owns half of the units. A helper thread
-# can take from tens of microseconds to milliseconds to get a core (a virtual machine's idle vCPU
-# wakes slowly), which is the whole run of a short sequence: waiting for it at the first step cost
-# more than the split saved, so nobody waits. Slots of ``flags`` (each ``SLOT`` apart):
-# barrier phases of workers 0 and 1; 1 once worker 1 runs; the join step; 1 when worker 1 is done; earliest join
-_P0, _P1, _ARRIVE, _JOIN, _DONE, _EARLIEST = (i * SLOT for i in range(6))
+# Worker 0 copies its rows of the weights, then waits for worker 1 to signal that it runs, for at
+# most ``flags[_PATIENCE]`` spins (negative: without limit); both then start at step 0. A helper
+# thread can take from tens of microseconds to milliseconds to get a core (a virtual machine's idle
+# vCPU wakes slowly), which is the whole run of a short sequence, so a late worker 1 joins late:
+# worker 0 runs alone on all the units until it arrives, and from the next block of input products
+# on (INPUT_BLOCK steps) each owns half of the units. Slots of ``flags`` (each ``SLOT`` apart):
+# barrier phases of workers 0 and 1; 1 once worker 1 runs; the join step; 1 when worker 1 is done;
+# earliest join; patience
+_P0, _P1, _ARRIVE, _JOIN, _DONE, _EARLIEST, _PATIENCE = (i * SLOT for i in range(7))
 
 
 @numba.njit(**{**FLAGS, "inline": "always"})
@@ -358,6 +361,16 @@ def _gru_fwd_units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, leng
         mxcsr(mode)
 
 
+@numba.njit(**{**FLAGS, "inline": "always"})
+def _helper_arrives(flags):  # noqa: ANN001, ANN202
+    """Whether worker 1 signals that it runs within ``flags[_PATIENCE]`` spins (negative: wait for it)."""
+    patience = flags[_PATIENCE]
+    if patience < 0:
+        wait_until(flags, _ARRIVE, 1)
+        return True
+    return wait_spins(flags, _ARRIVE, patience)
+
+
 @numba.njit(**FLAGS)
 def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
                   save_gates, y, states, z_s, r_s, ht_s, uh_s, h_n, hbuf, arena, flags):  # noqa: ANN001, ANN201
@@ -402,7 +415,7 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
         W_w, U_w, U_zr_w, U_h_w, W_wp, Up_w = _own_rows(W, U, H, k0, nk, after, use_panels, nblk * B, B,
                                                         arena[: arena.shape[0] // 2])
         join, phase = 0, 0
-        if flags[_EARLIEST] > 0 or not wait_spins(flags, _ARRIVE, ARRIVAL_SPINS):
+        if flags[_EARLIEST] > 0 or not _helper_arrives(flags):
             join, phase = _units_run(0, 0, T, True, False, 0, H, H, nblk, reverse, x, W, W_p, b_W, xw, xf, U, U_zr,
                                      U_h, Up, b_U, lengths, after, save_states, save_gates, out, hbuf, u, uh, z, r, ht,
                                      flags, 0)
@@ -553,16 +566,19 @@ def _lend_arena(I: int, H: int, dtype: np.dtype) -> np.ndarray:
 
 
 def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states, save_gates, y, states, z, r,
-                    h_tilde, u_h, h_n, helper: bool = True) -> None:  # noqa: ANN001
+                    h_tilde, u_h, h_n, helper: bool = True, patience: int = ARRIVAL_SPINS) -> None:  # noqa: ANN001
     """Run the unit split: worker 0 here, worker 1 on the pool's helper thread. Without
     ``helper``, worker 0 runs alone ("solo"): one thread, its own input products, no framework
     thread pool woken (which, after an idle spell, cost milliseconds per call). The workers copy
-    and pack their weights themselves (:func:`_gru_fwd_units_worker`)."""
+    and pack their weights themselves (:func:`_gru_fwd_units_worker`). ``patience``: spins that
+    worker 0 waits for the helper before it starts alone (negative: it waits for it, so the
+    split starts at step 0 and the result does not depend on when the helper got a core)."""
     hbuf = np.zeros((3, *h0.shape), h0.dtype)
     hbuf[0] = h0
-    flags = np.zeros(6 * SLOT, np.int64)
+    flags = np.zeros(7 * SLOT, np.int64)
     flags[_JOIN] = -1
     flags[_EARLIEST] = EARLIEST_JOIN
+    flags[_PATIENCE] = patience
     arena = _lend_arena(x.shape[2], h0.shape[1], h0.dtype) if helper else np.empty(0, h0.dtype)
     args = (INPUT_BLOCK, not helper, _panels_repaid(x.shape[0], x.shape[1]), x, W, b_W, h0, U, b_U, lengths,
             reverse, after, save_states, save_gates, y, states, z, r, h_tilde, u_h, h_n, hbuf, arena, flags)
@@ -725,20 +741,25 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     """The forward kernels for validated C-contiguous ``x (T, B, I)``, ``W``, ``b_W`` and the rest of
     the kernel arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows over threads, with the input
     products inside the loop (``FUSE_MIN_ROWS``) or as one product beforehand; or, for a small
-    batch, the unit split where that measures faster for the shape (:class:`PathTuner`)."""
+    batch, the unit split where that measures faster for the shape (:class:`PathTuner`; with
+    deterministic algorithms on, the first of :func:`_paths`, its helper waited for)."""
     T, B, I = x.shape
     H = rest[0].shape[1]
     n = threads()
     fuse = _fuse_input(B, n)
     tuned = not fuse and _unit_split_eligible(B, T, H, n)
     key = (B, H, reset, x.dtype, T.bit_length())  # lengths within a factor of two share their measurements
-    if tuned:
+    fixed = tuned and torch.are_deterministic_algorithms_enabled()
+    if fixed:  # one path per shape, and the helper waited for: the same values on every call
+        path = _paths(T)[0]
+        tuned = False
+    elif tuned:
         path = TUNER.choose(key, _paths(T))
     else:
         path = "solo" if not fuse and _short_call(T, B, I, H) else "rows"
     t0 = time.perf_counter()
     if path != "rows":
-        _fwd_unit_split(x, W, b_W, *rest, helper=path == "units")
+        _fwd_unit_split(x, W, b_W, *rest, helper=path == "units", patience=-1 if fixed else ARRIVAL_SPINS)
     else:
         U, after = rest[1], rest[5]
         use = _panels_repaid(T, B)
