@@ -377,17 +377,17 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
     """Worker ``w`` (0 or 1) of the unit split (see above). Each worker first copies its units' rows
     of W and U (gate blocks of as many rows as it has units) and packs them into panels where
     ``use_panels`` and :func:`_jitmath.matmul_t` would read them; worker 1 then signals that it has
-    arrived. Worker 0 waits for that up to ``ARRIVAL_SPINS`` spins (~0.2 ms here), and both run
-    every step on their halves (units ``0 : H//2`` and ``H//2 : H``). A helper that has not arrived
-    by then (a busy machine: woken from sleep it took up to 2.8 ms to run) joins late: worker 0
-    runs the steps alone (all units, ``W``, ``U``) until it arrives, and worker 1 does nothing if
-    worker 0 finished first. ``solo`` (no helper will come) runs alone from the start and packs
-    the full matrices so. Steps go in
-    blocks of ``nblk``: at the start of a block each worker computes its units' input side for the
-    whole block (one small GEMM; a T·B·3H product beforehand would need the framework's thread
-    pool, whose spinning threads then compete with worker 1 for the second core), and a late
-    worker 1 can join only there. The state alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds
-    ``r * h_prev`` (reset="before"). Worker ``w`` copies its rows into half ``w`` of ``arena``
+    arrived. Worker 0 waits for that (``flags[_PATIENCE]`` spins, ``ARRIVAL_SPINS`` by default:
+    ~0.2 ms here), and both run every step on their halves (units ``0 : H//2`` and ``H//2 : H``).
+    A helper that has not arrived by then (a busy machine: woken from sleep it took up to 2.8 ms to
+    run) joins late: worker 0 runs the steps alone (all units, ``W``, ``U``) until it arrives, and
+    worker 1 does nothing if worker 0 finished first. ``solo`` (no helper will come) runs alone
+    from the start and packs the full matrices so. Steps go in blocks of ``nblk``: at the start of
+    a block each worker computes its units' input side for the whole block (one small GEMM; a
+    T·B·3H product beforehand would need the framework's thread pool, whose spinning threads then
+    compete with worker 1 for the second core), and a late worker 1 can join only there. The state
+    alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev``
+    (reset="before"). Worker ``w`` copies its rows into half ``w`` of ``arena``
     (:func:`_lend_arena`; each half is written and read by one worker only)."""
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
@@ -425,8 +425,7 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
             return
         store_release(flags, _JOIN, join)  # publishes the state of step join - 1 with it
         _units_run(0, join, T, False, True, k0, nk, nk, nblk, reverse, x, W_w, W_wp, b_W, xw, xf, U_w, U_zr_w, U_h_w,
-                   Up_w, b_U,
-                   lengths, after, save_states, save_gates, out, hbuf, u, uh, z, r, ht, flags, phase)
+                   Up_w, b_U, lengths, after, save_states, save_gates, out, hbuf, u, uh, z, r, ht, flags, phase)
         h_n[:, k0 : k0 + nk] = hbuf[T % 2][:, k0 : k0 + nk]
         wait_until(flags, _DONE, 1)  # worker 1 has written its part of h_n
         return
