@@ -519,7 +519,7 @@ class PathTuner:
 
 
 UNIT_SPLIT_MIN_WORK = 32  # B * H below which one thread is faster than two plus a barrier per step
-UNIT_SPLIT_MIN_STEPS = 64  # below this the helper thread's start (0.06-0.2 ms, more after idle) is not repaid
+UNIT_SPLIT_MIN_STEPS = 32  # below this the helper thread's start (0.3-0.45 ms with the copies) is rarely repaid
 TUNER = PathTuner()
 ARRIVAL_SPINS = 8000  # spins (26 ns each here) that worker 0, its rows copied, waits for worker 1 before it goes alone
 EARLIEST_JOIN = 0  # the first step at which worker 1 may join (tests move it to check a join mid-sequence)
@@ -800,10 +800,10 @@ def _paths(T: int) -> tuple[str, ...]:
     ``UNIT_SPLIT_MIN_STEPS`` on, and only when this thread may run on two CPUs (pinned to one, its
     helper would share that CPU and every barrier would wait for a time slice: 55 us per step
     against 3.3 for one thread, measured at H=128). Where the split repays its helper's start
-    depends on the step's work: at B=1, after 100 ms idle, it ran 64 steps at H=256 in 1.01 ms
-    against 1.18 alone, 128 steps in 1.41 against 2.09, and at H=512 64 steps in 3.7 against 4.9
-    ms; at H=128 it won from 256 steps, at H=64 never. The tuner measures it from 64 steps on,
-    per range of lengths (its key)."""
+    depends on the step's work: at B=1, after 100 ms idle, with both workers starting at step 0,
+    it ran 32 steps at H=256 in 0.67 ms against 0.75 alone (16 steps: 0.59 against 0.55), and at
+    H=512 16 steps in 1.44 against 1.70 ms; at H=128 64 steps took 0.54 against 0.43. The tuner
+    measures it from 32 steps on, per range of lengths (its key)."""
     return _PATHS_LONG if T >= UNIT_SPLIT_MIN_STEPS and cpus_available() >= 2 else _PATHS_SHORT
 
 
