@@ -386,7 +386,7 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
     a block each worker computes its units' input side for the whole block (one small GEMM; a
     T·B·3H product beforehand would need the framework's thread pool, whose spinning threads then
     compete with worker 1 for the second core), and a late worker 1 can join only there. The state
-    alternates between ``hbuf[0]`` and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev``
+    alternates between ``hbuf[0]`` (``h0`` copied in by worker 0) and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev``
     (reset="before"). Worker ``w`` copies its rows into half ``w`` of ``arena``
     (:func:`_lend_arena`; each half is written and read by one worker only)."""
     T, B = x.shape[0], x.shape[1]
@@ -403,6 +403,8 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
     U_zr, U_h = U[: 2 * H], U[2 * H :]
     none = U[:0]  # a matrix the candidate does not use
     if w == 0:
+        for b in range(B):  # the initial state (worker 1 reads the state only after the join)
+            copy_row(h0[b], hbuf[0, b], 0)
         use_full = use_panels and solo
         W_p = panels_if(W, use_full, nblk * B)
         Up = (panels_if(U if after else none, use_full, B), panels_if(none if after else U_zr, use_full, B),
@@ -572,8 +574,7 @@ def _fwd_unit_split(x, W, b_W, h0, U, b_U, lengths, reverse, after, save_states,
     and pack their weights themselves (:func:`_gru_fwd_units_worker`). ``patience``: spins that
     worker 0 waits for the helper before it starts alone (negative: it waits for it, so the
     split starts at step 0 and the result does not depend on when the helper got a core)."""
-    hbuf = np.zeros((3, *h0.shape), h0.dtype)
-    hbuf[0] = h0
+    hbuf = np.empty((3, *h0.shape), h0.dtype)  # worker 0 writes h0 into hbuf[0]
     flags = np.zeros(7 * SLOT, np.int64)
     flags[_JOIN] = -1
     flags[_EARLIEST] = EARLIEST_JOIN
