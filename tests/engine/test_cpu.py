@@ -295,7 +295,8 @@ def test_deterministic_algorithms_give_the_same_values_on_every_call(reset, dete
         pytest.skip("needs two threads on two CPUs")
     monkeypatch.setattr(cpu.TUNER, "choose", lambda key, paths: pytest.fail("the tuner chose a path"))
     monkeypatch.setattr(cpu, "INPUT_BLOCK", 3)
-    args = make_args(cpu.UNIT_SPLIT_MIN_STEPS + 5, 1, 4, 64, torch.float32, seed=5, scale=64**-0.5)
+    args = make_args(cpu.UNIT_SPLIT_MIN_STEPS + 5, 1, 4, 256, torch.float32, seed=5, scale=256**-0.5)
+    assert cpu._fixed_path(1, cpu.UNIT_SPLIT_MIN_STEPS + 5, 256) == "units"
     y_ref, h_ref = GRUFunction.apply(*args, reset, None, False, "reference")
     with torch.no_grad():
         y0, h0 = GRUFunction.apply(*args, reset, None, False, "cpu")  # helper on time

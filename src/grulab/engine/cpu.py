@@ -742,7 +742,7 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     the kernel arguments (``h0`` on, see :func:`_gru_fwd_rows`). Rows over threads, with the input
     products inside the loop (``FUSE_MIN_ROWS``) or as one product beforehand; or, for a small
     batch, the unit split where that measures faster for the shape (:class:`PathTuner`; with
-    deterministic algorithms on, the first of :func:`_paths`, its helper waited for)."""
+    deterministic algorithms on, :func:`_fixed_path`, the split's helper waited for)."""
     T, B, I = x.shape
     H = rest[0].shape[1]
     n = threads()
@@ -751,7 +751,7 @@ def _run_forward(x: np.ndarray, W: np.ndarray, b_W: np.ndarray, rest: tuple, res
     key = (B, H, reset, x.dtype, T.bit_length())  # lengths within a factor of two share their measurements
     fixed = tuned and torch.are_deterministic_algorithms_enabled()
     if fixed:  # one path per shape, and the helper waited for: the same values on every call
-        path = _paths(T)[0]
+        path = _fixed_path(B, T, H)
         tuned = False
     elif tuned:
         path = TUNER.choose(key, _paths(T))
@@ -806,6 +806,16 @@ def _paths(T: int) -> tuple[str, ...]:
     H=512 16 steps in 1.44 against 1.70 ms; at H=128 64 steps took 0.54 against 0.43. The tuner
     measures it from 32 steps on, per range of lengths (its key)."""
     return _PATHS_LONG if T >= UNIT_SPLIT_MIN_STEPS and cpus_available() >= 2 else _PATHS_SHORT
+
+
+def _fixed_path(B: int, T: int, H: int) -> str:
+    """The path of a tuned shape under deterministic algorithms (no tuner): the unit split where it
+    measured faster than one thread at B=1 after idle (from 32 steps at H=256 and above, from 256
+    steps at H=128, never at H=64; see :func:`_paths`), counting ``B * H`` as the step's work."""
+    work = B * H
+    if "units" in _paths(T) and (work >= 256 or (work >= 128 and T >= 256)):
+        return "units"
+    return "solo"
 
 
 def _array(t: Tensor) -> np.ndarray:
