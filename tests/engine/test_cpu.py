@@ -310,6 +310,26 @@ def test_deterministic_algorithms_give_the_same_values_on_every_call(reset, dete
     assert_close("y", y0, y_ref, ENGINE_MATCH[torch.float32], relative=True)
 
 
+def test_tuned_calls_measure_every_path_and_match_reference(monkeypatch):
+    """Without deterministic algorithms a small-batch shape goes through the real tuner: it runs
+    each of its paths in turn, keeps their per-step times, and every call gives the reference's
+    values."""
+    from grulab.engine import cpu
+
+    if not cpu._unit_split_eligible(1, 40, 64):
+        pytest.skip("needs the small-batch paths (two threads, compiled kernels)")
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
+    monkeypatch.setattr(cpu, "TUNER", cpu.PathTuner())
+    args = make_args(40, 1, 4, 64, torch.float32, seed=9, scale=64**-0.5)
+    y_ref, h_ref = GRUFunction.apply(*args, "after", None, False, "reference")
+    for _ in range(8):
+        with torch.no_grad():
+            y, h = GRUFunction.apply(*args, "after", None, False, "cpu")
+        assert_close("y", y, y_ref, ENGINE_MATCH[torch.float32], relative=True)
+    key = (1, 64, "after", np.dtype(np.float32), (40).bit_length())
+    assert set(cpu.TUNER.medians[key]) == set(cpu._paths(40))
+
+
 def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():
     from grulab.engine.cpu import PathTuner
 
