@@ -386,8 +386,8 @@ def _units_worker(w, nblk, solo, use_panels, x, W, b_W, h0, U, b_U, lengths, rev
     a block each worker computes its units' input side for the whole block (one small GEMM; a
     T·B·3H product beforehand would need the framework's thread pool, whose spinning threads then
     compete with worker 1 for the second core), and a late worker 1 can join only there. The state
-    alternates between ``hbuf[0]`` (``h0`` copied in by worker 0) and ``hbuf[1]``; ``hbuf[2]`` holds ``r * h_prev``
-    (reset="before"). Worker ``w`` copies its rows into half ``w`` of ``arena``
+    alternates between ``hbuf[0]`` (``h0`` copied in by worker 0) and ``hbuf[1]``; ``hbuf[2]``
+    holds ``r * h_prev`` (reset="before"). Worker ``w`` copies its rows into half ``w`` of ``arena``
     (:func:`_lend_arena`; each half is written and read by one worker only)."""
     T, B = x.shape[0], x.shape[1]
     H = h0.shape[1]
