@@ -52,9 +52,12 @@ def test_bounds_are_floors_of_the_measured_rows():
     at_rate = 2e9 / (rate * 1e9) * 1e3
     assert b["detail"]["step_at_weight_gradient_rate"] == pytest.approx(at_rate)
     assert b["best_ratio_at_weight_gradient_rate"] == {"torch.nn.GRU": pytest.approx(40.0 / at_rate)}
-    f = stream_floor(8, 32, 100.0, threads=1, barrier_s=float("inf"))
-    assert f["matvec_2_threads_s"] == float("inf") and 0 < f["matvec_1_thread_s"] < 1e-3
+    f = stream_floor(8, 32, 100.0, threads=1)
+    assert f["split_2_threads_s"] == float("inf") and 0 < f["matvec_1_thread_s"] < 1e-3
     assert f["floor_s"] == pytest.approx(f["matvec_1_thread_s"] + 2 * 3 * 32 * 8 / 100e9)
+    f = stream_floor(8, 32, 100.0, threads=2)  # the split's skeleton: two threads at once, a barrier per step
+    assert 0 < f["split_2_threads_s"] < 1e-3
+    assert f["floor_s"] == pytest.approx(min(f["matvec_1_thread_s"], f["split_2_threads_s"]) + 2 * 3 * 32 * 8 / 100e9)
 
 
 def test_alternating_timer_and_flops():

@@ -10,10 +10,14 @@ ratio any implementation could reach against the peer's measured time:
   (:func:`panel_gemm_peak`; on a Zen 4 core it outruns the framework's multi-threaded sgemm);
 * **one step at batch 1** (streaming): the recurrent matrix-vector product ``U h`` reads all of
   ``U`` (3H x H floats) every step, which no cache reuse avoids. Its floor is the faster of one
-  thread reading all of ``U`` and two threads each reading half plus the barrier they meet at, both
-  timed here with the engine's own kernels (``gemm_nt``, ``barrier``) in a hot loop; the input
-  products ``W x_t`` are added at the sgemm peak. Element-wise work is left out, so the floor is
-  below what any real step takes.
+  thread reading all of ``U`` and the split's skeleton: two threads at once, each reading its half
+  of ``U`` (from huge pages, as the engine's split does), writing its half of the state and meeting
+  the other at a barrier before the next step reads the whole state (:func:`split_step_seconds`),
+  both timed here with the engine's own kernels (``gemm_nt``, ``barrier``) in a hot loop; the input
+  products ``W x_t`` are added at the matrix-product peak. Two cores reading their L2 at once ran
+  each slower than one alone (H=256: 4.1-4.5 against 3.4-3.6 us per half), so timing the halves
+  one at a time would put the floor below what the split can reach. Element-wise work is left out,
+  so the floor is still below what any real step takes.
 
 For training, a third measurement puts the peak in context: the rate ``torch.mm`` reaches on the
 step's largest and most regular product, a weight gradient (``dU = sum_t G_t^T h_{t-1}``, a
@@ -34,6 +38,7 @@ import torch
 
 from grulab.engine._jitmath import FLAGS, SLOT, barrier, gemm_nn, gemm_nt, pack_panels
 from grulab.engine._pool import run_chunks
+from grulab.engine._scratch import give_back, lend_pages
 
 
 @numba.njit(**FLAGS)
@@ -47,6 +52,45 @@ def _matvec_loop(U, h, out, reps):  # noqa: ANN001, ANN202
 def _barrier_loop(w, n, flags, reps):  # noqa: ANN001, ANN202
     for p in range(1, reps + 1):
         barrier(flags, w, n, p)
+
+
+@numba.njit(**FLAGS)
+def _split_loop(w, n, U, hbuf, out, flags, reps):  # noqa: ANN001, ANN202
+    """Worker ``w`` of the split's skeleton: per step, its rows of ``U`` times the whole state, its
+    half of the next state written, a barrier (the unit split's step without its element-wise work
+    and input products)."""
+    H = hbuf.shape[2]
+    k0, nk = (0, H // 2) if w == 0 else (H // 2, H - H // 2)
+    Uw, ow = U[w], out[w]  # (whole sub-arrays: a slice of U's rows would type as non-contiguous and not vectorise)
+    for s in range(reps):
+        gemm_nt(hbuf[s % 2], Uw, ow)
+        hn, o = hbuf[(s + 1) % 2, 0, k0 : k0 + nk], ow[0]
+        for j in range(nk):
+            hn[j] = o[j] * 1e-3  # a state that depends on the product, as in a recurrence
+        barrier(flags, w, n, s + 1)
+
+
+def split_step_seconds(H: int, reps: int = 2000) -> float:
+    """Seconds per step of the unit split's skeleton at batch 1 (:func:`_split_loop`, float32): two
+    threads at once, each with its half of ``U``'s rows in huge pages."""
+    nk = H - H // 2
+    arena = lend_pages("bench.split", 2 * 3 * nk * H, np.dtype(np.float32))
+    if arena.shape[0] >= 2 * 3 * nk * H:
+        U = arena[: 2 * 3 * nk * H].reshape(2, 3 * nk, H)
+    else:  # (too large for the kept pages: ordinary memory)
+        U = np.empty((2, 3 * nk, H), np.float32)
+    try:
+        U[...] = np.random.default_rng(0).standard_normal(U.shape, dtype=np.float32) / np.sqrt(H)
+        hbuf = np.zeros((2, 1, H), np.float32)
+        out = np.empty((2, 1, 3 * nk), np.float32)
+
+        def run(n: int) -> None:
+            run_chunks(_split_loop, 2, U, hbuf, out, np.zeros(3 * SLOT, np.int64), n)
+
+        run(10)
+        return _best(lambda: run(reps)) / reps
+    finally:
+        give_back("bench.split", arena)
 
 
 def _best(fn: Any, repeats: int = 5) -> float:
@@ -107,12 +151,13 @@ def weight_gradient_gflops(N: int, M: int, K: int, repeats: int = 3) -> float:
     return 2 * N * M * K / best / 1e9
 
 
-def stream_floor(I: int, H: int, peak_gflops: float, threads: int, barrier_s: float) -> dict[str, float]:
-    """Per-step floor at batch 1 (seconds): the recurrent product on one thread or split over two."""
+def stream_floor(I: int, H: int, peak_gflops: float, threads: int) -> dict[str, float]:
+    """Per-step floor at batch 1 (seconds): the recurrent product on one thread, or the split's
+    skeleton on two (:func:`split_step_seconds`), plus the input products at the peak."""
     one = matvec_seconds(3 * H, H)
-    two = matvec_seconds(3 * (H - H // 2), H) + barrier_s if threads >= 2 else float("inf")
+    two = split_step_seconds(H) if threads >= 2 and H >= 2 else float("inf")
     inputs = 2 * 3 * H * I / (peak_gflops * 1e9)
-    return {"matvec_1_thread_s": one, "matvec_2_threads_s": two, "inputs_at_peak_s": inputs,
+    return {"matvec_1_thread_s": one, "split_2_threads_s": two, "inputs_at_peak_s": inputs,
             "floor_s": min(one, two) + inputs}
 
 
@@ -125,7 +170,7 @@ def compute_bounds(rows: list[dict[str, Any]], peak_gflops: float, threads: int)
     for r in rows:
         case, shape, res = r["case"], r["shape"], r["results"]
         if case == "streaming":
-            f = stream_floor(shape["I"], shape["H"], peak_gflops, threads, barrier_s)
+            f = stream_floor(shape["I"], shape["H"], peak_gflops, threads)
             floor = f["floor_s"] * 1e6  # the row's unit: us per step
             detail = {k: v * 1e6 for k, v in f.items()} | {"barrier_s": barrier_s * 1e6}
         elif case in ("inference", "training"):

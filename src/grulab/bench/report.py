@@ -82,7 +82,8 @@ def _bounds_table(bounds: list[dict[str, Any]]) -> list[str]:
         return []
     peers = list(dict.fromkeys(p for b in bounds for p in b["best_ratio"]))
     lines = ["**Bounds measured in this run** (floor: streaming, the recurrent product U h_prev read once per "
-             "step on one thread or split over two plus their barrier, both timed here, and the input products "
+             "step on one thread, or split over two threads running at once with a barrier per step, both timed "
+             "here, and the input products "
              "at the matrix-product peak; inference and training, the matrix-product FLOPs at that peak; element-wise "
              "work excluded. \"best X / grulab\": the ratio any implementation at the floor would show against "
              "X's time above)", ""]
