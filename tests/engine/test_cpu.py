@@ -362,7 +362,29 @@ def test_path_tuner_with_three_paths_re_measures_each_other_path_in_turn():
         assert t.choose(key, paths) == p
         t.record(key, p, sec)
     picks = [t.choose(key, paths) for _ in range(8)]
-    assert picks.count("units") == 4 and picks.count("solo") == 2 and picks.count("rows") == 2
+    # turns alternate between solo and rows; rows, 3x slower than units, is re-measured at one of
+    # every two of its turns (solo, 2x, at each)
+    assert picks.count("units") == 5 and picks.count("solo") == 2 and picks.count("rows") == 1
+
+
+def test_path_tuner_re_measures_a_much_slower_path_rarely():
+    """The calls a slow path costs when re-measured stay a bounded share of all calls' time."""
+    from grulab.engine.cpu import PathTuner
+
+    t = PathTuner(explore=4, window=1)
+    key, paths = ("k",), ("solo", "rows")
+    t.warm = _AlwaysWarm()
+    t.record(key, "solo", 1.0)
+    t.record(key, "rows", 6.0)  # 6x slower: re-measured at one of every 5 of its turns
+    picks = [t.choose(key, paths) for _ in range(200)]
+    assert picks.count("rows") == 10  # 50 turns (every 4th call), one in 5
+    cost = sum({"solo": 1.0, "rows": 6.0}[p] for p in picks)
+    assert cost / 200 <= 1.0 + 1 / 4  # at most 1/explore of the time more than always the best
+    t.record(key, "rows", 0.5)  # measured faster now: it becomes the best
+    assert t.choose(key, paths) == "rows"
+    t.record(key, "rows", 1.5)  # close to the best again: re-measured at each turn
+    picks = [t.choose(key, paths) for _ in range(40)]
+    assert picks.count("rows") == 10
 
 
 class _AlwaysWarm(set):
