@@ -345,8 +345,11 @@ def test_path_tuner_prefers_the_faster_path_and_keeps_measuring_the_other():
     t.record(key, "rows", 2.0)
     for _ in range(2):
         t.record(key, "units", 1.0)  # the median forgets a slow call
+    picks = [t.choose(key, paths) for _ in range(8)]  # calls 4-11
+    # the first 2 * explore calls re-measure the other every 2nd call (calls 5, 7), then every 4th (11)
+    assert picks == ["units", "rows", "units", "rows", "units", "units", "units", "rows"]
     picks = [t.choose(key, paths) for _ in range(8)]
-    assert picks.count("units") == 6 and picks.count("rows") == 2  # every 4th call re-measures the other
+    assert picks.count("units") == 6 and picks.count("rows") == 2
     t.record(key, "units", float("inf"))
     t.record(key, "units", float("inf"))  # a path that turned slow loses until it measures fast again
     assert t.choose(key, paths) == "rows"
@@ -365,6 +368,24 @@ def test_path_tuner_with_three_paths_re_measures_each_other_path_in_turn():
     # turns alternate between solo and rows; rows, 3x slower than units, is re-measured at one of
     # every two of its turns (solo, 2x, at each)
     assert picks.count("units") == 5 and picks.count("solo") == 2 and picks.count("rows") == 1
+
+
+def test_path_tuner_takes_a_re_measured_path_at_its_new_sample():
+    """A path that measured slow in a burst of load and lost wins again at its first good turn: the
+    samples it kept from before the turn are stale."""
+    from grulab.engine.cpu import PathTuner
+
+    t = PathTuner(explore=64, window=3)  # (no turn of its own in these calls)
+    key, paths = ("k",), ("units", "solo")
+    t.warm = _AlwaysWarm()
+    for sec in (1.0, 1.0, 1.0):
+        t.record(key, "units", sec)
+    t.record(key, "solo", 1.5)
+    for sec in (5.0, 5.0):  # a burst of load: the split's partner waits for a time slice
+        t.record(key, "units", sec)
+    assert t.choose(key, paths) == "solo"
+    t.record(key, "units", 1.0)  # its turn, the burst over
+    assert t.estimate(key, "units") == 1.0 and t.choose(key, paths) == "units"
 
 
 def test_path_tuner_re_measures_a_much_slower_path_rarely():

@@ -488,7 +488,12 @@ class PathTuner:
     11.5 ms against 1.8 for the best: re-measured at every turn, it added 17% to the average
     call). The first call of each path is not a measurement (it compiled or loaded the kernel and
     touched fresh memory: seconds, against microseconds per step) and is dropped; the median
-    shrugs off one outlier (a burst of load)."""
+    shrugs off one outlier (a burst of load). A path re-measured on its turn keeps only that
+    sample: its earlier ones are dozens of calls old, and with them a path that measured slow in a
+    burst of load needed two good turns (64 calls) to win again. For the first ``2 * explore``
+    calls the turns come every ``explore // 4`` calls, so a choice made on one sample per path in
+    a noisy moment is checked soon (a bench case times ~30 calls: a wrong first choice held all of
+    them, 3.3 against 2.5 us per step at H=128 in one run)."""
 
     def __init__(self, explore: int = 16, window: int = 3) -> None:
         self.explore, self.window = explore, window
@@ -496,6 +501,7 @@ class PathTuner:
         self.medians: dict[tuple, dict[str, float]] = {}  # of the samples, kept by record()
         self.calls: dict[tuple, int] = {}
         self.skipped: dict[tuple, dict[str, int]] = {}  # turns each slow path was passed over since measured
+        self.turns: dict[tuple, int] = {}
         self.warm: set[tuple] = set()  # (key, path) pairs whose first call is behind them
 
     def estimate(self, key: tuple, path: str) -> float | None:
@@ -511,8 +517,11 @@ class PathTuner:
             if p not in est:
                 return p
         ranked = sorted(paths, key=est.__getitem__)
-        if n % self.explore == self.explore - 1:  # re-measure the others in turn, a slow one less often
-            p = ranked[1 + (n // self.explore) % (len(ranked) - 1)]
+        every = self.explore if n >= 2 * self.explore else max(2, self.explore // 4)
+        if n % every == every - 1:  # re-measure the others in turn, a slow one less often
+            turn = self.turns.get(key, 0)
+            self.turns[key] = turn + 1
+            p = ranked[1 + turn % (len(ranked) - 1)]
             skipped = self.skipped.setdefault(key, {})
             k = skipped.get(p, 0) + 1
             if k >= est[p] / est[ranked[0]] - 1:
@@ -526,9 +535,12 @@ class PathTuner:
             self.warm.add((key, path))
             return
         s = self.samples.setdefault(key, {}).setdefault(path, [])
+        medians = self.medians.setdefault(key, {})
+        if s and medians and path != min(medians, key=medians.__getitem__):  # a turn: older samples are stale
+            s.clear()
         s.append(seconds_per_step)
         del s[: -self.window]
-        self.medians.setdefault(key, {})[path] = statistics.median(s)
+        medians[path] = statistics.median(s)
 
 
 UNIT_SPLIT_MIN_WORK = 32  # B * H below which one thread is faster than two plus a barrier per step
